@@ -1,0 +1,111 @@
+"""Face geometry, pure torch: regions around detected faces, differentiable crop-and-resize
+from a photo's own pixels to a model's input, and pasting a cloaked region back.
+
+The attack variable is the face *region* at the photo's native resolution (the box plus a
+margin). Regions of different sizes are packed, zero-padded, into one batch tensor; a
+`CropModel` crops each face's box out of its region and resizes it (bilinear, antialiased,
+differentiable) to the model's input, so gradients land on the original pixels and the
+perturbation survives into the written file. Judging uses the same crop function on the
+re-decoded file, so crafting and judging see faces the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def square_box(box: Sequence[float], scale: float = 1.0) -> np.ndarray:
+    """A square box with side max(w, h) * scale around the box centre (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    side = max(x1 - x0, y1 - y0) * scale
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], dtype=np.float32)
+
+
+def int_box(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
+    """Round a float box to pixel edges and clamp it to the image; at least 1x1."""
+    x0 = int(np.clip(np.floor(box[0]), 0, width - 1))
+    y0 = int(np.clip(np.floor(box[1]), 0, height - 1))
+    x1 = int(np.clip(np.ceil(box[2]), x0 + 1, width))
+    y1 = int(np.clip(np.ceil(box[3]), y0 + 1, height))
+    return x0, y0, x1, y1
+
+
+def face_region(box: Sequence[float], width: int, height: int, margin: float = 0.25) -> tuple[int, int, int, int]:
+    """The pixels a cloak may change for one face: its square crop box grown by `margin`."""
+    return int_box(square_box(box, 1.0 + 2 * margin), width, height)
+
+
+def crop_resize(images: torch.Tensor, boxes: Sequence[Sequence[int]], size: int) -> torch.Tensor:
+    """Crop integer boxes (x0, y0, x1, y1) from images (B,3,H,W) and resize each to size x size.
+
+    Bilinear with antialiasing, differentiable with respect to `images`.
+    """
+    out = []
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        patch = images[i : i + 1, :, y0:y1, x0:x1]
+        out.append(F.interpolate(patch, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
+    return torch.cat(out, 0)
+
+
+def crop_faces(image: torch.Tensor, boxes: Sequence[Sequence[float]], size: int, scale: float = 1.0) -> torch.Tensor:
+    """Model inputs for faces in one photo (3,H,W) in [0,1], from detector boxes."""
+    _, h, w = image.shape
+    ib = [int_box(square_box(b, scale), w, h) for b in boxes]
+    return crop_resize(image.unsqueeze(0).expand(len(ib), -1, -1, -1), ib, size)
+
+
+def pack(regions: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Zero-pad a list of (3,h,w) tensors into one (B,3,Hmax,Wmax) tensor."""
+    hm = max(r.shape[1] for r in regions)
+    wm = max(r.shape[2] for r in regions)
+    out = regions[0].new_zeros((len(regions), 3, hm, wm))
+    for i, r in enumerate(regions):
+        out[i, :, : r.shape[1], : r.shape[2]] = r
+    return out
+
+
+class CropModel(nn.Module):
+    """net(crop_resize(x, boxes)): a model over packed face regions.
+
+    `boxes` are the crop boxes in each region's own coordinates. `select(idx)` gives the
+    same model for a subset of faces (attacks use it to skip faces already fooled).
+    """
+
+    def __init__(self, net: nn.Module, boxes: Sequence[Sequence[int]], size: int | None = None):
+        super().__init__()
+        self.net = net
+        self.boxes = [tuple(int(v) for v in b) for b in boxes]
+        self.size = int(size or getattr(net, "input_size", 160))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(crop_resize(x, self.boxes, self.size))
+
+    def select(self, idx: Sequence[int]) -> "CropModel":
+        return CropModel(self.net, [self.boxes[int(i)] for i in idx], self.size)
+
+
+def nearest_to_centre(boxes: np.ndarray, width: int, height: int) -> int:
+    """Index of the box whose centre is nearest the image centre."""
+    c = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
+    d = ((c - np.array([width / 2, height / 2])) ** 2).sum(1)
+    return int(np.argmin(d))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU between boxes a (N,4) and b (M,4)."""
+    a = np.asarray(a, np.float32).reshape(-1, 4)
+    b = np.asarray(b, np.float32).reshape(-1, 4)
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)

@@ -1,0 +1,185 @@
+"""Decoding and encoding photos with Pillow, bytes in and bytes out (no file system here).
+
+A photo is decoded to an upright RGB uint8 array (EXIF orientation applied) plus what is
+needed to write it back in its own format: the alpha channel, the original mode (grayscale,
+16-bit), the ICC profile and, when asked, the EXIF fields other than location.
+The format is read from the content, never from the file name.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InputError
+
+# Formats we write back as themselves. Anything else Pillow can read is written as PNG
+# under the same key (the manifest records it), because lossy or exotic writers would
+# destroy the cloak or not exist.
+WRITABLE = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM"}
+DEFAULT_MAX_PIXELS = 100_000_000
+GPS_IFD = 0x8825
+ORIENTATION = 0x0112
+
+
+@dataclass
+class Decoded:
+    rgb: np.ndarray  # H x W x 3 uint8, upright
+    format: str  # Pillow format name read from the content ("JPEG", "PNG", ...)
+    mode: str  # original Pillow mode ("RGB", "L", "RGBA", "I;16", "CMYK", ...)
+    alpha: np.ndarray | None = None  # H x W uint8 when the photo has transparency
+    gray16: np.ndarray | None = None  # H x W uint16 for 16-bit grayscale originals
+    icc_profile: bytes | None = None
+    exif: Image.Exif | None = None
+    frames: int = 1
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the upright photo."""
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+
+def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Decode image bytes; raises InputError with a user-readable reason on bad input."""
+    if not data:
+        raise InputError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise InputError("not an image: the content is no format Pillow can read") from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"refused: image too large ({e})") from None
+    except Image.DecompressionBombWarning as e:
+        raise InputError(f"refused: image too large ({e})") from None
+    except Exception as e:  # noqa: BLE001 - Pillow raises many kinds on garbage
+        raise InputError(f"cannot open image: {type(e).__name__}: {e}") from None
+
+    fmt = img.format or "UNKNOWN"
+    w, h = img.size
+    if w * h > max_pixels:
+        raise InputError(
+            f"refused: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
+            "(raise --max-pixels to allow it)"
+        )
+    frames = getattr(img, "n_frames", 1)
+    try:
+        img.load()
+        exif = img.getexif()
+        upright = ImageOps.exif_transpose(img)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"corrupt or truncated {fmt} data: {e}") from None
+
+    mode = img.mode
+    icc = img.info.get("icc_profile")
+    out = Decoded(rgb=np.zeros((1, 1, 3), np.uint8), format=fmt, mode=mode, icc_profile=icc,
+                  exif=exif if len(exif) else None, frames=frames)
+    if frames > 1:
+        out.notes.append(f"{frames} frames: only the first frame is cloaked and written")
+
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(upright, dtype=np.int64)
+        if mode == "I" and arr.max(initial=0) <= 255:
+            g8 = arr.clip(0, 255).astype(np.uint8)
+        else:
+            g16 = arr.clip(0, 65535).astype(np.uint16)
+            out.gray16 = g16
+            g8 = ((g16.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        out.rgb = np.repeat(g8[..., None], 3, axis=2)
+        return out
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info) or (
+        mode in ("RGB", "L") and "transparency" in img.info
+    ):
+        rgba = upright.convert("RGBA")
+        arr = np.asarray(rgba)
+        out.rgb = np.ascontiguousarray(arr[..., :3])
+        out.alpha = np.ascontiguousarray(arr[..., 3])
+        return out
+    if mode == "CMYK":
+        out.notes.append("CMYK converted to RGB")
+    elif mode not in ("RGB", "L", "P", "1"):
+        out.notes.append(f"mode {mode} converted to RGB")
+    out.rgb = np.ascontiguousarray(np.asarray(upright.convert("RGB")))
+    return out
+
+
+def _exif_without_location(exif: Image.Exif | None) -> bytes | None:
+    if exif is None:
+        return None
+    kept = Image.Exif()
+    for tag, value in exif.items():
+        if tag in (GPS_IFD, ORIENTATION):
+            continue
+        kept[tag] = value
+    return kept.tobytes() if len(kept) else None
+
+
+def encode(
+    rgb: np.ndarray,
+    like: Decoded,
+    jpeg_quality: int = 95,
+    keep_metadata: bool = False,
+) -> tuple[bytes, str]:
+    """Encode an RGB uint8 array in the format (and mode) of the decoded original.
+
+    Returns (bytes, format written). GPS and the orientation tag are always dropped (the
+    pixels are written upright); other EXIF fields are kept only with keep_metadata.
+    """
+    fmt = like.format if like.format in WRITABLE else "PNG"
+    gray = like.mode in ("L", "LA", "1", "I;16", "I;16B", "I;16L", "I") or (
+        like.mode == "P" and _is_gray(like.rgb)
+    )
+    if like.gray16 is not None:
+        # Keep the original 16-bit precision; add the cloak's change scaled to 16 bits.
+        old8 = like.rgb[..., 0].astype(np.int32)
+        new8 = _to_gray(rgb).astype(np.int32)
+        g16 = (like.gray16.astype(np.int32) + (new8 - old8) * 257).clip(0, 65535)
+        img = Image.fromarray(g16.astype(np.uint16))
+        if fmt not in ("PNG", "TIFF"):
+            fmt = "PNG"
+    elif like.alpha is not None:
+        base = _to_gray(rgb) if gray else rgb
+        img = Image.fromarray(base).convert("RGBA" if not gray else "LA")
+        img.putalpha(Image.fromarray(like.alpha))
+        if fmt == "JPEG":  # cannot carry alpha
+            img = img.convert("RGB")
+        elif fmt == "GIF":
+            img = img.convert("RGBA")
+    elif gray:
+        img = Image.fromarray(_to_gray(rgb))
+    else:
+        img = Image.fromarray(rgb)
+
+    kwargs: dict = {}
+    if like.icc_profile and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        kwargs["icc_profile"] = like.icc_profile
+    if keep_metadata:
+        ex = _exif_without_location(like.exif)
+        if ex and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+            kwargs["exif"] = ex
+    if fmt == "JPEG":
+        kwargs.update(quality=jpeg_quality, subsampling=0 if jpeg_quality >= 90 else 2)
+    elif fmt == "WEBP":
+        kwargs.update(quality=jpeg_quality, method=4)
+    elif fmt == "PNG":
+        kwargs.update(compress_level=6)
+    elif fmt == "TIFF":
+        kwargs.update(compression="tiff_lzw")
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue(), fmt
+
+
+def _is_gray(rgb: np.ndarray) -> bool:
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+def _to_gray(rgb: np.ndarray) -> np.ndarray:
+    # Mean of channels keeps a channel-uniform cloak exact; Pillow's L uses luma weights.
+    return np.round(rgb.astype(np.float32).mean(axis=2)).astype(np.uint8)

@@ -1,0 +1,23 @@
+"""Architecture names -> constructors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from .inception import InceptionClassifier
+from .paper_cnn import PaperCNN
+
+ARCHES: dict[str, Callable[..., nn.Module]] = {
+    "paper-cnn": lambda num_classes, **_: PaperCNN(num_classes),
+    "inception-resnet-v1": lambda num_classes, pretrained=None, freeze_backbone=False, **_: InceptionClassifier(
+        num_classes, pretrained=pretrained, freeze_backbone=freeze_backbone
+    ),
+}
+
+
+def build_model(arch: str, num_classes: int, **kwargs) -> nn.Module:
+    if arch not in ARCHES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHES)}")
+    return ARCHES[arch](num_classes, **kwargs)
