@@ -1,0 +1,74 @@
+"""Judges: face recognisers that verify cloaks and never craft them.
+
+    judge = get_judge("dlib")                      # dlib ResNet, euclidean, 0.6
+    gallery = Gallery.from_folder("train/", judge, select=lambda files: files[:10])
+    emb = judge.embed(rgb, faces)                  # faces: [{"box", "landmarks"}, ...]
+    evasion(gallery, [(identity, clean_emb, cloaked_emb), ...])
+
+Registry: `get_judge(spec)` where spec is a registered name ("dlib") or "PREFIX:ARG" with a
+registered prefix ("tfjs:model.pt" / "embedder:model.pt" -> an imported embedding checkpoint
+judging through `facepriv.align`). Add others with `register_judge(name, factory)`; a factory
+takes the part after the colon (or None) plus keyword options and returns a `Judge`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import UsageError
+from .base import (
+    Face,
+    Gallery,
+    Judge,
+    central_face,
+    embed_central,
+    evasion,
+    faces_from_detection,
+    identify,
+    identify_many,
+    pairwise_distances,
+    poisoning,
+    recognised,
+)
+
+JudgeFactory = Callable[..., Judge]
+JUDGES: dict[str, JudgeFactory] = {}
+
+
+def register_judge(name: str, factory: JudgeFactory) -> None:
+    """Register `factory(arg: str | None, **options) -> Judge` under `name` (used as "name" or "name:arg")."""
+    JUDGES[name] = factory
+
+
+def _dlib(arg: str | None = None, **options: Any) -> Judge:
+    from .dlib_judge import DlibJudge
+
+    return DlibJudge(model_dir=arg or options.pop("model_dir", None), **options)
+
+
+def _embedder(arg: str | None = None, **options: Any) -> Judge:
+    if not arg:
+        raise UsageError("an embedder judge needs a checkpoint: --judge tfjs:PATH/TO/model.pt")
+    from .embedder_judge import EmbedderJudge
+
+    return EmbedderJudge(arg, **options)
+
+
+register_judge("dlib", _dlib)
+register_judge("tfjs", _embedder)
+register_judge("embedder", _embedder)
+
+
+def get_judge(spec: str, **options: Any) -> Judge:
+    """"dlib" or "tfjs:model.pt" (any registered name, optionally ":ARG") -> a Judge instance."""
+    name, _, arg = spec.partition(":")
+    if name not in JUDGES:
+        raise UsageError(f"unknown judge {spec!r}; choose one of {sorted(JUDGES)} (e.g. 'dlib', 'tfjs:model.pt')")
+    return JUDGES[name](arg or None, **options)
+
+
+__all__ = [
+    "Face", "Gallery", "JUDGES", "Judge", "central_face", "embed_central", "evasion", "faces_from_detection",
+    "get_judge", "identify", "identify_many", "pairwise_distances", "poisoning", "recognised", "register_judge",
+]
