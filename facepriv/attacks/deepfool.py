@@ -63,7 +63,9 @@ def deepfool(model: Model, x: torch.Tensor, num_candidates: int = 10, overshoot:
     with torch.no_grad():
         logits0 = model(x)
     n_cls = logits0.shape[1]
-    k = max(2, min(int(num_candidates), n_cls))
+    if n_cls < 2:
+        raise ValueError("DeepFool needs a classifier with at least 2 classes")
+    k = min(max(2, int(num_candidates)), n_cls)
     pred0 = logits0.argmax(1)
     label = pred0 if y is None else y.to(dev).long()
     other = logits0.detach().clone()
