@@ -277,3 +277,80 @@ def test_gallery_from_folder_with_dlib():
     judge = get_judge("dlib")
     g = Gallery.from_folder(FIXTURES, judge, detector=MtcnnDetector(), select=lambda fs: fs[:1])
     assert g.identities == sorted(os.listdir(FIXTURES)) and len(g) == 2 and not g.skipped
+
+
+# --------------------------------------------------------------------------- embedder checkpoints as judges
+
+
+def _mean_colour_module(**build):
+    """Stand-in for an imported embedding network: (N,3,S,S) -> per-channel mean and std."""
+    import torch
+    from torch import nn
+
+    class M(nn.Module):
+        kind = "embedder"
+        input_size = 112
+        crop = "arcface112"
+
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(1), requires_grad=False)
+
+        def forward(self, x):
+            return torch.cat([x.mean((2, 3)), x.std((2, 3))], 1) * self.scale
+
+    return M()
+
+
+def test_embedder_checkpoint_judge(tmp_path, monkeypatch):
+    pytest.importorskip("facepriv.align")
+    import torch
+
+    from facepriv.errors import CheckpointError
+    from facepriv.models import registry
+    from facepriv.models.checkpoint import save_checkpoint
+
+    monkeypatch.setitem(registry.ARCHES, "test-mean-colour", lambda num_classes, **b: _mean_colour_module(**b))
+    path = str(tmp_path / "mean.pt")
+    save_checkpoint(path, _mean_colour_module(), arch="test-mean-colour", classes=[], kind="embedder", name="meancol")
+    judge = get_judge(f"tfjs:{path}", threshold=0.01)
+    assert isinstance(judge, Judge) and judge.name == "tfjs:meancol" and judge.metric == "cosine"
+    assert judge.threshold == 0.01 and judge.input_size == 112
+    rgb = np.zeros((120, 100, 3), np.uint8)
+    rgb[:, :50] = (200, 30, 30)  # left half red, right half blue
+    rgb[:, 50:] = (30, 30, 200)
+    lm = np.array([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]], np.float32)
+    left = {"box": np.array([0, 0, 45, 120]), "landmarks": lm * 0.3 + [5, 40]}
+    right = {"box": np.array([55, 0, 100, 120]), "landmarks": lm * 0.3 + [60, 40]}
+    e = judge.embed(rgb, [left, right])
+    assert e.shape == (2, 6) and e.dtype == np.float32
+    assert e[0, 0] > e[0, 2] and e[1, 2] > e[1, 0]  # each face sees its own colour
+    chips = judge.chips(rgb, [left])
+    assert chips.shape == (1, 112, 112, 3) and chips[0, 56, 56, 0] == 200
+    assert judge.embed(rgb, []).shape[0] == 0
+    # classifiers cannot judge through this door
+    monkeypatch.setitem(registry.ARCHES, "test-classifier", lambda num_classes, **b: torch.nn.Linear(2, num_classes))
+    cpath = str(tmp_path / "cls.pt")
+    save_checkpoint(cpath, torch.nn.Linear(2, 3), arch="test-classifier", classes=["a", "b", "c"])
+    with pytest.raises(CheckpointError, match="embedder"):
+        get_judge(f"tfjs:{cpath}")
+
+
+SHARED_MODELS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "models", "human-models-3.0.4")
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_MODELS, "mobileface.json")), reason="../shared/models absent")
+def test_imported_tfjs_model_judges_fixture_faces(tmp_path, lfw_faces):
+    pytest.importorskip("facepriv.align")
+    tfjs = pytest.importorskip("facepriv.models.tfjs")
+    path = str(tmp_path / "mobileface.pt")
+    tfjs.save_imported(tfjs.import_tfjs(os.path.join(SHARED_MODELS, "mobileface.json")), path)
+    judge = get_judge(f"tfjs:{path}")
+    embs = {i: np.concatenate([judge.embed(rgb, [f]) for rgb, f in items]) for i, items in lfw_faces.items()}
+    (a, b) = sorted(embs)
+    same = [pairwise_distances(embs[i][:1], embs[i][1:], "cosine")[0, 0] for i in (a, b)]
+    diff = pairwise_distances(embs[a], embs[b], "cosine").ravel()
+    assert max(same) < min(diff), (same, diff)
+    g = Gallery.for_judge(judge, {i: embs[i][:1] for i in embs})
+    assert evasion(g, [(i, embs[i][1], embs[i][1]) for i in embs])["clean_accuracy"] == 1.0
