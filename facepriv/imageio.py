@@ -97,7 +97,7 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
         mode in ("RGB", "L") and "transparency" in img.info
     ):
         rgba = upright.convert("RGBA")
-        arr = np.asarray(rgba)
+        arr = np.array(rgba)
         out.rgb = np.ascontiguousarray(arr[..., :3])
         out.alpha = np.ascontiguousarray(arr[..., 3])
         return out
@@ -105,7 +105,7 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
         out.notes.append("CMYK converted to RGB")
     elif mode not in ("RGB", "L", "P", "1"):
         out.notes.append(f"mode {mode} converted to RGB")
-    out.rgb = np.ascontiguousarray(np.asarray(upright.convert("RGB")))
+    out.rgb = np.array(upright.convert("RGB"))
     return out
 
 

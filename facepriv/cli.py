@@ -1,0 +1,177 @@
+"""The `facepriv` command line.
+
+    facepriv train  DATA_DIR --arch paper-cnn --out model.pt
+    facepriv cloak  SRC DST --model model.pt --attack fgsm --eps 8 --labels folder
+
+Each command lives in a small `add_parser(subparsers)` function; `jobs/` reuse the same
+option sets for `ray job submit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from . import __version__
+from .errors import FacePrivError
+
+# Command modules that add their own sub-commands (each has add_parser(subparsers)).
+COMMAND_MODULES: list[str] = []
+
+
+def add_io_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("storage")
+    g.add_argument("--s3-endpoint", default=None,
+                   help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL, else AWS). "
+                        "Credentials come from the standard AWS variables/profiles, never from flags.")
+    g.add_argument("--retries", type=int, default=5, help="attempts for transient storage errors (default 5)")
+
+
+def add_cloak_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by `facepriv cloak` and jobs/cloak_archive.py."""
+    p.add_argument("src", help="source archive: a local folder or s3://bucket/prefix (never written to)")
+    p.add_argument("dst", help="output archive (must not be SRC or inside it); cloaked photos keep their "
+                               "relative paths, manifests go to DST/_facepriv/runs/<run_id>/")
+    a = p.add_argument_group("attack")
+    a.add_argument("--model", help="surrogate checkpoint from `facepriv train` (needed by fgsm and pgd)")
+    a.add_argument("--attack", default="fgsm", choices=["fgsm", "pgd"],
+                   help="fgsm: one signed-gradient step (the paper's eq. 1); pgd: iterative, stops per face "
+                        "once fooled (default fgsm)")
+    a.add_argument("--eps", type=float, default=8.0, help="L-inf budget in 0-255 pixel units (default 8)")
+    a.add_argument("--steps", type=int, default=10, help="pgd iterations (default 10)")
+    a.add_argument("--alpha", type=float, default=None, help="pgd step in 0-255 units (default max(eps/4, 1))")
+    a.add_argument("--kappa", type=float, default=1.0,
+                   help="pgd keeps stepping until the face is fooled by this logit margin (default 1.0), "
+                        "so the cloak survives quantisation and JPEG")
+    a.add_argument("--target", default=None, help="targeted attack: make every face read as this class")
+    a.add_argument("--labels", default="none", choices=["none", "folder"],
+                   help="folder: a photo's identity is its parent folder's name (for judging against the "
+                        "truth, as the paper does); none: fooled = prediction changed (default)")
+    o = p.add_argument_group("output")
+    o.add_argument("--jpeg-quality", type=int, default=95, help="quality for JPEG/WebP outputs (default 95)")
+    o.add_argument("--keep-metadata", action="store_true",
+                   help="keep EXIF fields other than location (GPS is always stripped)")
+    o.add_argument("--no-judge", action="store_true",
+                   help="skip re-reading and re-classifying the written files (no fooling rate)")
+    o.add_argument("--max-pixels", type=int, default=100_000_000,
+                   help="refuse images with more pixels than this, before decoding (default 1e8)")
+    d = p.add_argument_group("faces")
+    d.add_argument("--min-face-size", type=int, default=20, help="smallest face MTCNN looks for, px (default 20)")
+    d.add_argument("--thresholds", type=float, nargs=3, default=[0.6, 0.7, 0.7], metavar=("P", "R", "O"),
+                   help="MTCNN stage thresholds (default 0.6 0.7 0.7)")
+    d.add_argument("--min-prob", type=float, default=0.9, help="keep faces with at least this probability")
+    r = p.add_argument_group("execution")
+    r.add_argument("--address", default=None,
+                   help="Ray cluster to join (default $RAY_ADDRESS; none: start a local Ray instance)")
+    r.add_argument("--workers", type=int, default=None, help="parallel workers (default: GPUs, else CPUs)")
+    r.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs per worker (default 1 when the cluster has GPUs, else 0)")
+    r.add_argument("--batch-size", type=int, default=8, help="photos per worker call (default 8)")
+    r.add_argument("--face-batch", type=int, default=32, help="faces per attack batch (default 32)")
+    r.add_argument("--device", default="auto", help="torch device in workers: auto, cpu, cuda (default auto)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_io_options(p)
+
+
+def settings_from_args(args: argparse.Namespace):
+    from .pipeline import CloakSettings
+
+    return CloakSettings(
+        model=args.model, attack=args.attack, eps=args.eps, steps=args.steps, alpha=args.alpha,
+        kappa=args.kappa, target=args.target, labels=args.labels, jpeg_quality=args.jpeg_quality,
+        keep_metadata=args.keep_metadata, min_face_size=args.min_face_size, thresholds=tuple(args.thresholds),
+        min_prob=args.min_prob, max_pixels=args.max_pixels, face_batch=args.face_batch,
+        judge=not args.no_judge, device=args.device,
+    )
+
+
+def cmd_cloak(args: argparse.Namespace) -> int:
+    from .runner import run_cloak
+
+    summary = run_cloak(
+        args.src, args.dst, settings_from_args(args), address=args.address, workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker, batch_size=args.batch_size, s3_endpoint=args.s3_endpoint,
+        retries=args.retries, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
+    )
+    print_summary(summary, args.dst)
+    return 0
+
+
+def print_summary(summary: dict, dst: str) -> None:
+    rdir = f"{dst.rstrip('/')}/_facepriv/runs/{summary['run_id']}"
+    print(json.dumps({k: v for k, v in summary.items() if k != "error_reasons"}, indent=2, default=str))
+    print(f"cloaked photos: {dst}", file=sys.stderr)
+    print(f"manifest:       {rdir}/manifest/", file=sys.stderr)
+    print(f"summary:        {rdir}/summary.json", file=sys.stderr)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainSettings, train
+
+    s = TrainSettings(arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      val_fraction=args.val_fraction, seed=args.seed, pretrained=args.pretrained,
+                      freeze_backbone=args.freeze_backbone, device=args.device)
+    train(args.data_dir, args.out, s, s3_endpoint=args.s3_endpoint, progress=not args.no_progress)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="facepriv",
+        description="Face cloaking for photo archives: the same photos, visually unchanged, in which face "
+                    "recognisers can no longer identify the people, plus Parquet manifests that prove it.",
+    )
+    p.add_argument("--version", action="version", version=f"facepriv {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a surrogate face classifier on DATA_DIR/<identity>/<photos>",
+                       description="Crop faces with MTCNN, hold out a seeded validation split, train a "
+                                   "surrogate classifier and save one checkpoint (weights + metadata).")
+    t.add_argument("data_dir", help="folder (or s3:// prefix) with one sub-folder of photos per identity")
+    t.add_argument("--out", default="model.pt", help="checkpoint to write (default model.pt)")
+    t.add_argument("--arch", default="paper-cnn", choices=["paper-cnn", "inception-resnet-v1"],
+                   help="paper-cnn: the paper's Fig. 6 CNN; inception-resnet-v1: facenet-pytorch's network "
+                        "with a classification head (default paper-cnn)")
+    t.add_argument("--pretrained", default=None,
+                   help="local state_dict for inception-resnet-v1 (e.g. facenet-pytorch vggface2 weights)")
+    t.add_argument("--freeze-backbone", action="store_true", help="train only the classification head")
+    t.add_argument("--epochs", type=int, default=40, help="training epochs (default 40)")
+    t.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--val-fraction", type=float, default=0.2, help="held-out share per identity (default 0.2)")
+    t.add_argument("--seed", type=int, default=0, help="seed for the split and training (default 0)")
+    t.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_io_options(t)
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("cloak", help="cloak every photo under SRC into DST (runs on Ray)",
+                       description="Detect faces, cloak them with an adversarial perturbation crafted on a "
+                                   "surrogate model, write each photo under DST at the same relative path in "
+                                   "its own format, then re-read, re-detect and re-classify the written files "
+                                   "to measure the fooling rate honestly. Starts a local Ray instance unless "
+                                   "--address or $RAY_ADDRESS names a cluster.")
+    add_cloak_options(c)
+    c.set_defaults(func=cmd_cloak)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FacePrivError as e:
+        print(f"facepriv: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("facepriv: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,416 @@
+"""The cloak pipeline for a batch of photos: read, decode, detect, attack, write, judge.
+
+`Cloaker` is a callable class in Ray's batch pattern: the model and detector are loaded once
+in `__init__`, and `__call__` maps a batch of source keys to manifest rows. It runs the same
+in-process (tests, plain loops, benchmarks) and inside Ray Data workers.
+
+Judging is honest: the written file is read back from DST, decoded, re-detected and
+re-classified; `fooled` comes from that, never from the in-memory tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import posixpath
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import geometry, imageio, manifest
+from .archive import Archive, storage_options
+from .errors import FacePrivError, InputError
+from .faces import Detection, DetectorSettings, FaceDetector
+from .metrics import linf_l2, psnr, ssim
+from .models.checkpoint import load_checkpoint
+from .strategies import FaceItem, make as make_strategy
+
+
+@dataclass
+class CloakSettings:
+    """Everything that decides what a cloaked file looks like (hashed for resumable runs)."""
+
+    model: str | None = None
+    attack: str = "fgsm"  # fgsm | pgd
+    eps: float = 8.0  # L-inf budget, 0-255 units
+    steps: int = 10  # pgd iterations
+    alpha: float | None = None  # pgd step, 0-255 units (default max(eps/4, 1))
+    kappa: float = 1.0  # pgd early stop once the face is fooled by this many logits
+    target: str | None = None  # targeted attack: move every face to this class
+    labels: str = "none"  # none | folder
+    jpeg_quality: int = 95
+    keep_metadata: bool = False
+    region_margin: float = 0.25
+    min_face_size: int = 20
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    min_prob: float = 0.9
+    max_pixels: int = imageio.DEFAULT_MAX_PIXELS
+    face_batch: int = 32
+    judge: bool = True
+    device: str = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)  # attack-specific (e.g. uap path)
+
+    def output_fields(self, model_sha: str | None) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("face_batch", "judge", "device", "model"):
+            d.pop(k)
+        d["model_sha256"] = model_sha
+        return d
+
+    def hash(self, model_sha: str | None) -> str:
+        blob = json.dumps(self.output_fields(model_sha), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class _Photo:
+    key: str
+    row: dict[str, Any]
+    decoded: imageio.Decoded | None = None
+    det: Detection | None = None
+    label: str | None = None
+    labelled_face: int | None = None
+    cloaked: np.ndarray | None = None
+    faces: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    cloaked_t: torch.Tensor | None = None
+
+
+class Cloaker:
+    """Load once, cloak many. `process(keys) -> rows`; `__call__(batch)` for Ray Data."""
+
+    def __init__(self, src: str, dst: str, settings: CloakSettings, run_id: str,
+                 s3_endpoint: str | None = None, retries: int = 5, torch_threads: int | None = None):
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.settings = settings
+        self.run_id = run_id
+        self.src = Archive(src, storage_options(src, s3_endpoint, retries))
+        self.dst = Archive(dst, storage_options(dst, s3_endpoint, retries))
+        self.device = resolve_device(settings.device)
+        self.detector = FaceDetector(
+            DetectorSettings(settings.min_face_size, tuple(settings.thresholds), settings.min_prob), self.device
+        )
+        self.loaded = load_checkpoint(settings.model, self.device) if settings.model else None
+        self.classes = self.loaded.classes if self.loaded else []
+        self.class_index = {c: i for i, c in enumerate(self.classes)}
+        self.model_sha = self.loaded.sha256 if self.loaded else None
+        self.settings_hash = settings.hash(self.model_sha)
+        self.settings_json = json.dumps(settings.output_fields(self.model_sha), sort_keys=True, default=str)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        if settings.target is not None and settings.target not in self.class_index:
+            raise FacePrivError(f"--target {settings.target!r} is not one of the model's classes")
+        self.strategy = make_strategy(settings, self.loaded, self.device)
+
+    # -- Ray Data entry point -------------------------------------------------------------
+    def __call__(self, batch: dict[str, Any]):
+        keys = [str(k) for k in batch["key"]]
+        return manifest.to_table(self.process(keys))
+
+    # -- the pipeline ---------------------------------------------------------------------
+    def process(self, keys: list[str]) -> list[dict[str, Any]]:
+        photos = [self._read(k) for k in keys]
+        live = [p for p in photos if p.decoded is not None]
+        t = time.perf_counter()
+        dets = self.detector.detect([p.decoded.rgb for p in live]) if live else []
+        t_det = (time.perf_counter() - t) / max(len(live), 1)
+        for p, d in zip(live, dets):
+            p.det = d
+            p.row["t_detect"] = t_det
+            self._assign_label(p)
+        self._guard(live, self._attack)
+        self._guard(live, self._write)
+        if self.settings.judge:
+            self._judge([p for p in live if p.row["status"] != "error"])
+        for p in photos:
+            self._finish(p)
+        return [p.row for p in photos]
+
+    def _guard(self, photos: list[_Photo], stage) -> None:
+        """Run a stage over photos; an unexpected failure on one photo becomes its error row."""
+        try:
+            stage([p for p in photos if p.row["status"] != "error"])
+        except Exception:  # noqa: BLE001 - retry one by one to isolate the bad photo
+            for p in photos:
+                if p.row["status"] == "error":
+                    continue
+                try:
+                    stage([p])
+                except FacePrivError as e:
+                    self._fail(p, str(e))
+                except Exception as e:  # noqa: BLE001
+                    self._fail(p, f"internal error in {stage.__name__.strip('_')}: {type(e).__name__}: {e}")
+                    traceback.print_exc()
+
+    def _fail(self, p: _Photo, reason: str) -> None:
+        p.row.update(status="error", reason=reason, faces=[], n_faces=0, psnr=None, ssim=None)
+        p.decoded = None
+
+    def _read(self, key: str) -> _Photo:
+        row = manifest.empty_row(
+            run_id=self.run_id, source_key=key, output_key=key, status="ok", reason=None,
+            attack=self.settings.attack, eps=self.settings.eps,
+            steps=self.settings.steps if self.settings.attack != "fgsm" else 1,
+            settings_json=self.settings_json, settings_hash=self.settings_hash,
+            model=self.settings.model, model_sha256=self.model_sha, worker=self.worker,
+        )
+        p = _Photo(key, row)
+        t = time.perf_counter()
+        try:
+            data = self.src.read_bytes(key)
+            row["size_bytes"] = len(data)
+            row["content_sha256"] = hashlib.sha256(data).hexdigest()
+            p.decoded = imageio.decode(data, self.settings.max_pixels)
+            row.update(format=p.decoded.format, width=p.decoded.size[0], height=p.decoded.size[1])
+            if p.decoded.notes:
+                row["reason"] = "; ".join(p.decoded.notes)
+        except FacePrivError as e:
+            self._fail(p, str(e))
+        except Exception as e:  # noqa: BLE001
+            self._fail(p, f"cannot read: {type(e).__name__}: {e}")
+        row["t_read"] = time.perf_counter() - t
+        return p
+
+    def _assign_label(self, p: _Photo) -> None:
+        if self.settings.labels != "folder" or p.det is None or len(p.det) == 0:
+            return
+        parent = posixpath.basename(posixpath.dirname(p.key))
+        if parent:
+            p.label = parent
+            w, h = p.decoded.size
+            p.labelled_face = geometry.nearest_to_centre(p.det.boxes, w, h)
+
+    # -- attack ---------------------------------------------------------------------------
+    def _attack(self, photos: list[_Photo]) -> None:
+        t = time.perf_counter()
+        items: list[FaceItem] = []
+        for p in photos:
+            rgb = p.decoded.rgb
+            p.cloaked = rgb
+            if p.det is None or len(p.det) == 0:
+                continue
+            h, w = rgb.shape[:2]
+            img = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div_(255)
+            for i, box in enumerate(p.det.boxes):
+                rx0, ry0, rx1, ry1 = geometry.face_region(box, w, h, self.settings.region_margin)
+                cx0, cy0, cx1, cy1 = geometry.int_box(geometry.square_box(box), w, h)
+                origin = np.array([rx0, ry0], np.float32)
+                items.append(FaceItem(
+                    photo=p, index=i, region=(rx0, ry0, rx1, ry1), pixels=img[:, ry0:ry1, rx0:rx1],
+                    crop=(cx0 - rx0, cy0 - ry0, cx1 - rx0, cy1 - ry0),
+                    landmarks=p.det.landmarks[i] - origin, box=box - np.tile(origin, 2),
+                    target=self._target_for(p, i),
+                ))
+        for start in range(0, len(items), self.settings.face_batch):
+            chunk = items[start : start + self.settings.face_batch]
+            adv, used = self.strategy(chunk)
+            for j, it in enumerate(chunk):
+                p = it.photo
+                if not p.steps:
+                    p.steps = [0] * len(p.det)
+                    p.cloaked_t = torch.from_numpy(p.decoded.rgb).permute(2, 0, 1).float().div_(255)
+                rx0, ry0, rx1, ry1 = it.region
+                p.cloaked_t[:, ry0:ry1, rx0:rx1] = adv[j, :, : ry1 - ry0, : rx1 - rx0].cpu()
+                p.steps[it.index] = int(used[j])
+        for p in photos:
+            if p.steps:
+                t_img = p.cloaked_t
+                p.cloaked = t_img.mul_(255).round_().clamp_(0, 255).byte().permute(1, 2, 0).contiguous().numpy()
+                p.cloaked_t = None
+        dt = time.perf_counter() - t
+        total_faces = max(len(items), 1)
+        for p in photos:
+            n = len(p.det) if p.det is not None else 0
+            p.row["t_attack"] = dt * n / total_faces
+
+    def _target_for(self, p: _Photo, i: int) -> int | None:
+        """Class to attack: the --target class, else the true label of the labelled face."""
+        if self.settings.target is not None:
+            return self.class_index[self.settings.target]
+        if p.labelled_face == i and p.label in self.class_index:
+            return self.class_index[p.label]
+        return None
+
+    # -- write ----------------------------------------------------------------------------
+    def _write(self, photos: list[_Photo]) -> None:
+        for p in photos:
+            t = time.perf_counter()
+            data, fmt = imageio.encode(p.cloaked, p.decoded, self.settings.jpeg_quality, self.settings.keep_metadata)
+            self.dst.write_bytes(p.key, data)
+            p.row["output_format"] = fmt
+            if p.det is None or len(p.det) == 0:
+                p.row["status"] = "no_face"
+            p.row["t_write"] = time.perf_counter() - t
+
+    # -- judge ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _classify(self, rgb: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        img = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div_(255)
+        x = geometry.crop_faces(img, boxes, self.loaded.model.input_size)
+        prob = torch.softmax(self.loaded.model(x), 1)
+        conf, pred = prob.max(1)
+        return pred.cpu().numpy(), conf.cpu().numpy()
+
+    def _judge(self, photos: list[_Photo]) -> None:
+        t = time.perf_counter()
+        written: list[tuple[_Photo, np.ndarray]] = []
+        for p in photos:
+            try:
+                back = imageio.decode(self.dst.read_bytes(p.key), max_pixels=2**62)
+            except FacePrivError as e:
+                self._fail(p, f"written file does not decode: {e}")
+                continue
+            if back.rgb.shape != p.decoded.rgb.shape:
+                self._fail(p, f"written file has size {back.size}, expected {p.decoded.size}")
+                continue
+            written.append((p, back.rgb))
+        with_faces = [(p, rgb) for p, rgb in written if p.det is not None and len(p.det)]
+        redets = self.detector.detect([rgb for _, rgb in with_faces]) if with_faces else []
+        for (p, rgb), rd in zip(with_faces, redets):
+            self._judge_faces(p, rgb, rd)
+        for p, rgb in written:
+            p.row["psnr"] = psnr(p.decoded.rgb, rgb)
+            p.row["ssim"] = ssim(p.decoded.rgb, rgb)
+        dt = time.perf_counter() - t
+        for p in photos:
+            p.row["t_judge"] = dt / max(len(photos), 1)
+
+    def _judge_faces(self, p: _Photo, rgb: np.ndarray, redet: Detection) -> None:
+        det = p.det
+        # match each original face to the re-detected face with the highest IoU (>= 0.3)
+        match = np.full(len(det), -1)
+        if len(redet):
+            ious = geometry.iou(det.boxes, redet.boxes)
+            for i in range(len(det)):
+                j = int(ious[i].argmax())
+                if ious[i, j] >= 0.3:
+                    match[i] = j
+        judge_boxes = np.stack([redet.boxes[m] if m >= 0 else det.boxes[i] for i, m in enumerate(match)])
+        has_model = self.loaded is not None
+        if has_model:
+            cp, cc = self._classify(p.decoded.rgb, det.boxes)
+            ap, ac = self._classify(rgb, judge_boxes)
+        h, w = rgb.shape[:2]
+        for i in range(len(det)):
+            rx0, ry0, rx1, ry1 = geometry.face_region(det.boxes[i], w, h, self.settings.region_margin)
+            linf, l2 = linf_l2(p.decoded.rgb[ry0:ry1, rx0:rx1], rgb[ry0:ry1, rx0:rx1])
+            face = {
+                "box": [float(v) for v in det.boxes[i]], "prob": float(det.probs[i]),
+                "landmarks": [float(v) for v in det.landmarks[i].reshape(-1)],
+                "label": p.label if p.labelled_face == i else None,
+                "redetected": bool(match[i] >= 0), "linf": linf, "l2": l2,
+                "steps": p.steps[i] if p.steps else 0,
+                "judged": False, "fooled": None,
+            }
+            if has_model:
+                clean, cloak = self.classes[cp[i]], self.classes[ap[i]]
+                face.update(clean_pred=clean, clean_conf=float(cc[i]), cloaked_pred=cloak, cloaked_conf=float(ac[i]))
+                if self.settings.labels == "folder":
+                    if face["label"] is not None and face["label"] in self.class_index and clean == face["label"]:
+                        face.update(judged=True, fooled=cloak != face["label"])
+                elif self.settings.target is not None:
+                    face.update(judged=clean != self.settings.target, fooled=cloak == self.settings.target)
+                else:
+                    face.update(judged=True, fooled=cloak != clean)
+            p.faces.append(face)
+
+    def _finish(self, p: _Photo) -> None:
+        r = p.row
+        if r["status"] != "error":
+            if p.faces:
+                r["faces"] = p.faces
+            elif p.det is not None and len(p.det) and not self.settings.judge:
+                r["faces"] = [
+                    {"box": [float(v) for v in p.det.boxes[i]], "prob": float(p.det.probs[i]),
+                     "landmarks": [float(v) for v in p.det.landmarks[i].reshape(-1)],
+                     "label": p.label if p.labelled_face == i else None,
+                     "steps": p.steps[i] if p.steps else 0}
+                    for i in range(len(p.det))
+                ]
+            r["n_faces"] = len(r["faces"])
+        r["t_total"] = sum(r.get(k) or 0.0 for k in ("t_read", "t_detect", "t_attack", "t_write", "t_judge"))
+        r["finished_at"] = datetime.now(timezone.utc)
+
+
+def summarize(rows_or_counts, run_id: str, seconds: float, extra: dict | None = None) -> dict[str, Any]:
+    """summary.json from manifest rows (or a Counter-like accumulator, see `Tally`)."""
+    tally = rows_or_counts if isinstance(rows_or_counts, Tally) else Tally().add_all(rows_or_counts)
+    out = tally.summary(run_id, seconds)
+    out.update(extra or {})
+    return out
+
+
+class Tally:
+    """Running totals for summary.json, so the driver never holds all rows."""
+
+    def __init__(self) -> None:
+        self.inputs = self.ok = self.no_face = self.errors = self.skipped = 0
+        self.faces = self.judged = self.fooled = self.redetected = 0
+        self.psnr_sum = self.ssim_sum = 0.0
+        self.quality_n = 0
+        self.reasons: dict[str, int] = {}
+
+    def add_all(self, rows) -> "Tally":
+        for r in rows:
+            self.add(r)
+        return self
+
+    def add(self, r: dict[str, Any]) -> None:
+        self.inputs += 1
+        st = r["status"]
+        if st == "ok":
+            self.ok += 1
+        elif st == "no_face":
+            self.no_face += 1
+        elif st == "skipped":
+            self.skipped += 1
+        else:
+            self.errors += 1
+            reason = (r.get("reason") or "unknown").split(":")[0][:80]
+            self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        if st in ("ok", "no_face"):
+            for f in r.get("faces") or []:
+                self.faces += 1
+                self.redetected += bool(f.get("redetected"))
+                if f.get("judged"):
+                    self.judged += 1
+                    self.fooled += bool(f.get("fooled"))
+            if r.get("psnr") is not None and np.isfinite(r["psnr"]):
+                self.psnr_sum += r["psnr"]
+                self.ssim_sum += r["ssim"]
+                self.quality_n += 1
+
+    def summary(self, run_id: str, seconds: float) -> dict[str, Any]:
+        processed = self.inputs - self.skipped
+        return {
+            "run_id": run_id,
+            "inputs": self.inputs,
+            "ok": self.ok,
+            "no_face": self.no_face,
+            "errors": self.errors,
+            "skipped": self.skipped,
+            "faces": self.faces,
+            "faces_redetected": self.redetected,
+            "faces_judged": self.judged,
+            "fooled": self.fooled,
+            "fooling_rate": (self.fooled / self.judged) if self.judged else None,
+            "psnr_mean": (self.psnr_sum / self.quality_n) if self.quality_n else None,
+            "ssim_mean": (self.ssim_sum / self.quality_n) if self.quality_n else None,
+            "seconds": seconds,
+            "images_per_second": processed / seconds if seconds > 0 else None,
+            "error_reasons": self.reasons,
+        }

@@ -1,0 +1,86 @@
+"""How the pipeline cloaks a chunk of faces: one strategy per attack name.
+
+A strategy is built once per worker (`make(settings, loaded, device)`) and called on chunks
+of faces: `strategy(chunk: list[FaceItem]) -> (adversarial packed regions, steps per face)`.
+Attack modules register here; the pipeline knows nothing about individual attacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import geometry
+from .attacks import fgsm, pgd
+from .errors import FacePrivError
+
+
+@dataclass
+class FaceItem:
+    """One face to cloak: its region of the photo at native resolution, and where it sits."""
+
+    photo: Any  # the pipeline's per-photo record
+    index: int  # face index within the photo
+    region: tuple[int, int, int, int]  # x0, y0, x1, y1 in photo pixels
+    pixels: torch.Tensor  # (3, h, w) in [0, 1], the region's pixels
+    crop: tuple[int, int, int, int]  # square crop box in region coordinates
+    landmarks: np.ndarray  # (5, 2) in region coordinates
+    box: np.ndarray  # detector box in region coordinates
+    target: int | None = None  # class index to move away from (untargeted) or towards (targeted)
+
+
+Strategy = Callable[[list[FaceItem]], tuple[torch.Tensor, list[int]]]
+REGISTRY: dict[str, Callable[..., Strategy]] = {}
+
+
+def register(name: str):
+    def deco(factory):
+        REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def make(settings, loaded, device: torch.device) -> Strategy:
+    if settings.attack not in REGISTRY:
+        raise FacePrivError(f"unknown attack {settings.attack!r}; choose one of {sorted(REGISTRY)}")
+    return REGISTRY[settings.attack](settings=settings, loaded=loaded, device=device)
+
+
+class _ClassifierAttack:
+    """FGSM / PGD on a classifier surrogate through the differentiable crop."""
+
+    def __init__(self, settings, loaded, device):
+        if loaded is None or getattr(loaded.model, "kind", "classifier") != "classifier":
+            raise FacePrivError(f"--attack {settings.attack} needs --model, a classifier checkpoint from "
+                                "`facepriv train`")
+        self.s, self.net, self.device = settings, loaded.model, device
+
+    def _setup(self, chunk: list[FaceItem]):
+        x = geometry.pack([it.pixels for it in chunk])
+        model = geometry.CropModel(self.net, [it.crop for it in chunk])
+        with torch.no_grad():
+            clean = model(x).argmax(1)
+        y = torch.tensor([it.target if it.target is not None else int(c) for it, c in zip(chunk, clean)],
+                         device=x.device)
+        return x, model, y
+
+
+@register("fgsm")
+class FGSMStrategy(_ClassifierAttack):
+    def __call__(self, chunk):
+        x, model, y = self._setup(chunk)
+        return fgsm(model, x, y, eps=self.s.eps, targeted=self.s.target is not None), [1] * len(chunk)
+
+
+@register("pgd")
+class PGDStrategy(_ClassifierAttack):
+    def __call__(self, chunk):
+        x, model, y = self._setup(chunk)
+        adv, used = pgd(model, x, y, eps=self.s.eps, steps=self.s.steps, alpha=self.s.alpha,
+                        targeted=self.s.target is not None, kappa=self.s.kappa)
+        return adv, used.tolist()
