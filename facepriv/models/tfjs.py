@@ -484,7 +484,7 @@ class TfjsGraph(nn.Module):
         return self._ints[name]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != 3:
+        if x.dim() != 4:
             raise ValueError(f"expected (N,3,H,W) RGB in [0,1], got {tuple(x.shape)}")
         x = (x * 255.0 - self.mean) / self.std
         env: dict[str, torch.Tensor] = {self.input_name: x}
