@@ -56,8 +56,8 @@ def cluster_plan(workers: int | None, gpus_per_worker: float | None) -> tuple[in
     cpus = int(res.get("CPU", 1))
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if gpus >= 1 else 0.0
-    if gpus_per_worker > gpus:
-        gpus_per_worker = 0.0
+    # an explicit --gpus-per-worker is honoured even when no GPU node is up yet: on an
+    # autoscaling cluster (GPU workers from min 0) the pending request launches one
     if workers is None:
         workers = max(1, int(gpus // gpus_per_worker)) if gpus_per_worker else max(1, cpus)
     threads = max(1, cpus // workers) if not gpus_per_worker else max(1, min(4, cpus // max(workers, 1)))
@@ -67,39 +67,66 @@ def cluster_plan(workers: int | None, gpus_per_worker: float | None) -> tuple[in
 def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | None = None,
               workers: int | None = None, gpus_per_worker: float | None = None, batch_size: int = 8,
               s3_endpoint: str | None = None, retries: int = 5, progress: bool = True,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Cloak SRC into DST on Ray; returns summary.json's content (also written under DST)."""
+              log: Callable[[str], None] = print, log_every: float = 0.0, incremental: bool = True,
+              torch_threads: int | None = None,
+              on_rows: Callable[[list[dict]], None] | None = None) -> dict[str, Any]:
+    """Cloak SRC into DST on Ray; returns summary.json's content (also written under DST).
+
+    Streaming: the listing is read lazily by a Ray Data source (facepriv/listing.py) and
+    flows in blocks of `batch_size` keys through `map_batches(ShardWorker)`; the driver keeps
+    running totals only. Incremental: earlier runs (finished or interrupted) are folded into
+    DST/_facepriv/manifest/ first, and workers skip photos already cloaked with the same
+    content and settings (facepriv/incremental.py); this run is folded in at the end.
+    Worker faults: actors restart and their batches are retried (outputs are written
+    atomically, so a retried photo just overwrites its own file).
+    """
+    from . import incremental as inc
+    from .listing import ListingSource, count_async
+    from .progress import Progress
+    from .worker import ShardWorker
+
     src_a, dst_a = open_pair(src, dst, s3_endpoint, retries)
     run_id = new_run_id()
     ray = init_ray(address)
     workers, gpw, threads = cluster_plan(workers, gpus_per_worker)
-    keys = list(src_a.list_images())
-    log(f"run {run_id}: {len(keys)} photos from {src} -> {dst} "
-        f"({workers} worker(s), {gpw:g} GPU each, {threads} torch thread(s) each)")
+    threads = torch_threads or threads
+    if incremental:
+        folded = inc.compact(dst_a)
+        if folded["folded_runs"]:
+            log(f"folded earlier run(s) {', '.join(folded['folded_runs'])} into {inc.VIEW_DIR}/ "
+                f"({folded['rows']} photos known)")
+    counter = count_async(src_a)
+    log(f"run {run_id}: {src} -> {dst} ({workers} worker(s), {gpw:g} GPU each, "
+        f"{threads} torch thread(s) each, batches of {batch_size})")
     t0 = time.perf_counter()
     tally = Tally()
     rdir = manifest.run_dir(run_id)
-    if keys:
-        ds = ray.data.from_items([{"key": k} for k in keys], override_num_blocks=max(1, min(len(keys), workers * 8)))
-        out = ds.map_batches(
-            Cloaker,
-            fn_constructor_kwargs=dict(src=src, dst=dst, settings=settings, run_id=run_id,
-                                       s3_endpoint=s3_endpoint, retries=retries, torch_threads=threads),
-            batch_size=batch_size, concurrency=workers, num_gpus=gpw, num_cpus=1 if not gpw else 0,
-            batch_format="numpy", zero_copy_batch=True, max_restarts=-1, max_task_retries=-1,
-        )
-        _consume(out.iter_batches(batch_format="pyarrow", batch_size=None), dst_a, rdir, tally, len(keys),
-                 progress)
+    ds = ray.data.read_datasource(ListingSource(src, s3_endpoint, retries, block_rows=batch_size),
+                                  ray_remote_args={"num_cpus": 0})
+    out = ds.map_batches(
+        ShardWorker,
+        fn_constructor_kwargs=dict(src=src, dst=dst, settings=settings, run_id=run_id, s3_endpoint=s3_endpoint,
+                                   retries=retries, torch_threads=threads, incremental=incremental),
+        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpw,
+        num_cpus=1 if not gpw else 0, batch_format="numpy", zero_copy_batch=True, max_restarts=-1,
+        max_task_retries=-1,
+    )
+    bar = Progress(lambda: counter.total, bar=progress, log_every=log_every, log=log)
+    try:
+        _consume(out.iter_batches(batch_format="pyarrow", batch_size=None), dst_a, rdir, tally, bar, on_rows)
+    finally:
+        bar.close()
     seconds = time.perf_counter() - t0
     summary = tally.summary(run_id, seconds)
     summary.update(src=src, dst=dst, attack=settings.attack, eps=settings.eps, model=settings.model,
-                   workers=workers)
+                   workers=workers, gpus_per_worker=gpw, listed=counter.wait(60))
     dst_a.write_text(f"{rdir}/summary.json", json.dumps(summary, indent=2, default=str))
+    if incremental:
+        inc.compact(dst_a, [run_id])
     return summary
 
 
-def _consume(batches: Iterable, dst: Archive, rdir: str, tally: Tally, total: int, progress: bool) -> None:
-    bar = tqdm(total=total, desc="cloaking", unit="photo", disable=not progress, file=sys.stderr)
+def _consume(batches: Iterable, dst: Archive, rdir: str, tally: Tally, bar, on_rows=None) -> None:
     part = 0
     for table in batches:
         rows = table.to_pylist()
@@ -109,9 +136,9 @@ def _consume(batches: Iterable, dst: Archive, rdir: str, tally: Tally, total: in
         part += 1
         for r in rows:
             tally.add(r)
-        bar.update(len(rows))
-        bar.set_postfix(errors=tally.errors, faces=tally.faces)
-    bar.close()
+        bar.update(rows)
+        if on_rows is not None:
+            on_rows(rows)
 
 
 def run_in_process(src: str, dst: str, settings: CloakSettings, batch_size: int = 8,
