@@ -72,6 +72,12 @@ def add_cloak_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--face-batch", type=int, default=32, help="faces per attack batch (default 32)")
     r.add_argument("--device", default="auto", help="torch device in workers: auto, cpu, cuda (default auto)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--log-every", type=float, default=0.0, metavar="SECONDS",
+                   help="also print a progress line (done/total, photos/s, errors, skipped) every SECONDS "
+                        "(default 0 = off; jobs/cloak_archive.py defaults to 10 for `ray job logs`)")
+    r.add_argument("--full", action="store_true",
+                   help="re-cloak every photo; by default photos that DST's manifest says were already "
+                        "cloaked with the same content (sha256) and settings are skipped (status skipped)")
     add_io_options(p)
 
 
@@ -93,7 +99,8 @@ def cmd_cloak(args: argparse.Namespace) -> int:
     summary = run_cloak(
         args.src, args.dst, settings_from_args(args), address=args.address, workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, batch_size=args.batch_size, s3_endpoint=args.s3_endpoint,
-        retries=args.retries, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
+        retries=args.retries, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr, flush=True),
+        log_every=args.log_every, incremental=not args.full,
     )
     print_summary(summary, args.dst)
     return 0

@@ -102,7 +102,7 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
     tally = Tally()
     rdir = manifest.run_dir(run_id)
     ds = ray.data.read_datasource(ListingSource(src, s3_endpoint, retries, block_rows=batch_size),
-                                  ray_remote_args={"num_cpus": 0})
+                                  num_cpus=0)  # the listing is I/O: it must not hold a worker CPU
     out = ds.map_batches(
         ShardWorker,
         fn_constructor_kwargs=dict(src=src, dst=dst, settings=settings, run_id=run_id, s3_endpoint=s3_endpoint,

@@ -1,0 +1,297 @@
+"""Archive scale on Ray: cluster.yaml, incremental runs, worker faults, GPU scheduling, jobs.
+
+The slow tests start real Ray (an in-process local instance, a `ray.cluster_utils.Cluster`,
+and a `ray start --head --block` head for `ray job submit`) and stop exactly what they start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from facepriv import incremental as inc
+from facepriv import manifest
+from facepriv.archive import Archive
+from facepriv.listing import key_blocks
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "examples" / "sample" / "test"
+CLASSES = ["Colin_Powell", "Kofi_Annan", "Laura_Bush"]
+
+
+# -- fixtures -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    """A random paper-cnn checkpoint (scheduling and bookkeeping do not need a trained one)."""
+    import torch
+
+    from facepriv.models.checkpoint import save_checkpoint
+    from facepriv.models.registry import build_model
+
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("model") / "rand.pt")
+    save_checkpoint(path, build_model("paper-cnn", len(CLASSES)), "paper-cnn", CLASSES)
+    return path
+
+
+def photos(dst: Path, n: int, skip: int = 0) -> list[str]:
+    """Copy n sample photos (identity folders kept) into dst; returns their keys."""
+    files = sorted(p for p in SAMPLE.rglob("*.jpg") if p.parent.name in CLASSES)[skip : skip + n]
+    assert len(files) == n, "examples/sample/test has too few photos"
+    keys = []
+    for f in files:
+        key = f"{f.parent.name}/{f.name}"
+        (dst / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dst / key)
+        keys.append(key)
+    return keys
+
+
+def run_rows(dst: Path, run_id: str) -> list[dict]:
+    a = Archive(str(dst), {})
+    return manifest.read_manifest(a.fs, f"{a.root}/_facepriv/runs/{run_id}/manifest").to_pylist()
+
+
+def decodes(path: Path) -> bool:
+    from facepriv import imageio
+
+    try:
+        imageio.decode(path.read_bytes())
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def row(key, status="ok", sha="a", settings="s", run="r1", t=0):
+    import datetime as dt
+
+    return manifest.empty_row(source_key=key, output_key=key, status=status, content_sha256=sha,
+                              settings_hash=settings, run_id=run,
+                              finished_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=t))
+
+
+# -- fast tests -----------------------------------------------------------------------------
+def test_cluster_yaml_validates_against_the_schema_in_the_ray_wheel():
+    import jsonschema
+    import ray
+    import yaml
+
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    jsonschema.validate(cfg, schema)
+    assert cfg["provider"]["type"] == "aws"
+    head = cfg["available_node_types"][cfg["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0
+    gpu = [t for n, t in cfg["available_node_types"].items() if t["resources"].get("GPU", 0) >= 1]
+    assert gpu and all(t["min_workers"] == 0 and t["max_workers"] >= 1 for t in gpu)
+    assert any("facepriv" in c and "pip install" in c for c in cfg["setup_commands"])
+    assert any("--dashboard-port=8265" in c for c in cfg["head_start_ray_commands"])
+    bad = dict(cfg, provider={"region": "us-east-1"})  # the schema does reject a broken config
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+def test_key_blocks_are_lazy_and_bounded():
+    consumed = []
+
+    def keys():
+        for i in range(10):
+            consumed.append(i)
+            yield f"k{i}"
+
+    it = key_blocks(keys(), 4)
+    first = next(it)
+    assert first["key"].to_pylist() == ["k0", "k1", "k2", "k3"] and len(consumed) == 4
+    assert [t.num_rows for t in it] == [4, 2]
+
+
+def test_should_skip_needs_same_content_settings_and_output():
+    prior = {"status": "ok", "content_sha256": "a", "settings_hash": "s"}
+    assert inc.should_skip(prior, "a", "s", True)
+    assert not inc.should_skip(prior, "b", "s", True)  # photo changed
+    assert not inc.should_skip(prior, "a", "t", True)  # settings or model changed
+    assert not inc.should_skip(prior, "a", "s", False)  # output deleted
+    assert not inc.should_skip(dict(prior, status="error"), "a", "s", True)  # errors are retried
+    assert not inc.should_skip(None, "a", "s", True)
+
+
+def test_latest_per_key_prefers_newest_processing_row():
+    t = manifest.to_table([row("x", t=0, sha="old"), row("x", t=5, sha="new", run="r2"),
+                           row("x", status="skipped", t=9, run="r3"), row("y", status="skipped", t=1),
+                           row("z", status="error", t=1), row("z", t=2, run="r2")])
+    got = {r["source_key"]: r for r in inc.latest_per_key(t).to_pylist()}
+    assert sorted(got) == ["x", "y", "z"]
+    assert got["x"]["content_sha256"] == "new" and got["x"]["run_id"] == "r2"
+    assert got["y"]["status"] == "skipped" and got["z"]["status"] == "ok"
+
+
+def test_compact_folds_runs_idempotently_and_index_finds_keys(tmp_path, monkeypatch):
+    monkeypatch.setattr(inc, "ROW_GROUP", 3)  # several row groups, so the bisection is exercised
+    dst = Archive(str(tmp_path), {})
+    keys = [f"p/{i:03d}.jpg" for i in range(10)]
+    dst.write_bytes("_facepriv/runs/r1/manifest/part-00000.parquet",
+                    manifest.table_bytes([row(k, sha=f"h{k}") for k in keys]))
+    assert inc.compact(dst)["folded_runs"] == ["r1"]
+    dst.write_bytes("_facepriv/runs/r2/manifest/part-00000.parquet",
+                    manifest.table_bytes([row(keys[3], sha="changed", run="r2", t=7)]))
+    assert inc.compact(dst)["folded_runs"] == ["r2"]
+    assert inc.compact(dst)["folded_runs"] == []  # nothing new
+    inc.compact(dst, ["r1", "r2"])  # re-folding is harmless
+    view = inc.read_view(dst).to_pylist()
+    assert sorted(r["source_key"] for r in view) == keys
+    idx = inc.PriorIndex(dst)
+    assert len(idx._mins) == 4
+    assert idx.get(keys[3])["content_sha256"] == "changed"
+    assert all(idx.get(k)["content_sha256"] == f"h{k}" for k in keys if k != keys[3])
+    assert idx.get("a.jpg") is None and idx.get("p/0035.jpg") is None and idx.get("zz") is None
+
+
+# -- slow tests: real Ray -------------------------------------------------------------------
+@pytest.fixture
+def local_ray():
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_run_every_photo_once_then_incremental_rerun(local_ray, model, tmp_path):
+    from facepriv.pipeline import CloakSettings
+    from facepriv.runner import run_cloak
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    keys = photos(src, 12)
+    killed: list[int] = []
+
+    def kill_after_first_batch(rows):
+        if not killed:  # SIGKILL the actor process that produced the first rows; more batches pending
+            pid = int(rows[0]["worker"].split(":")[1].split("@")[0])
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    s = CloakSettings(model=model, attack="fgsm", labels="folder")
+    summary = run_cloak(str(src), str(dst), s, workers=1, batch_size=2, progress=False, log=lambda m: None,
+                        on_rows=kill_after_first_batch)
+    assert killed
+    rows = run_rows(dst, summary["run_id"])
+    assert summary["inputs"] == len(rows) == 12 and summary["errors"] == 0
+    assert sorted(r["source_key"] for r in rows) == sorted(keys)  # every input exactly once
+    pids = {int(r["worker"].split(":")[1].split("@")[0]) for r in rows}
+    assert len(pids) >= 2 and killed[0] in pids  # a restarted actor finished the run
+    assert all(decodes(dst / k) for k in keys)
+    assert not list(dst.rglob("*.part"))  # no half-written file left visible
+    view = inc.read_view(Archive(str(dst), {})).to_pylist()
+    assert sorted(r["source_key"] for r in view) == sorted(keys)
+
+    # rerun with 2 new photos: the 12 are skipped (not re-written), only the 2 are cloaked
+    mtimes = {k: (dst / k).stat().st_mtime_ns for k in keys}
+    new = photos(src, 2, skip=12)
+    again = run_cloak(str(src), str(dst), s, workers=1, batch_size=4, progress=False, log=lambda m: None)
+    assert again["inputs"] == 14 and again["skipped"] == 12
+    rows = run_rows(dst, again["run_id"])
+    assert sorted(r["source_key"] for r in rows if r["status"] != "skipped") == sorted(new)
+    assert all((dst / k).stat().st_mtime_ns == mtimes[k] for k in keys)
+    view = inc.read_view(Archive(str(dst), {})).to_pylist()
+    assert sorted(r["source_key"] for r in view) == sorted(keys + new)
+    assert all(r["status"] != "skipped" for r in view)
+
+
+@pytest.mark.slow
+def test_gpu_node_gets_the_workers_and_cloaker_falls_back_to_cpu(model, tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from facepriv.pipeline import CloakSettings
+    from facepriv.runner import run_cloak
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)  # a fake GPU: CPU torch, no CUDA here
+        cluster.wait_for_nodes()
+        src, dst = tmp_path / "src", tmp_path / "dst"
+        keys = photos(src, 4)
+        s = CloakSettings(model=model, attack="fgsm", labels="folder", judge=False)
+        summary = run_cloak(str(src), str(dst), s, address=cluster.address, batch_size=2, progress=False,
+                            log=lambda m: None)
+        assert summary["gpus_per_worker"] == 1.0 and summary["workers"] == 1  # default: 1 GPU/worker
+        rows = run_rows(dst, summary["run_id"])
+        assert sorted(r["source_key"] for r in rows) == sorted(keys)
+        assert {r["status"] for r in rows} <= {"ok", "no_face"}  # cloaked on CPU despite the GPU grant
+        assert {r["worker"].split("@")[1] for r in rows} == {gpu_node.node_id}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_job_submit_end_to_end(model, tmp_path):
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    bindir = Path(sys.executable).parent
+    port, dash = _free_port(), _free_port()
+    tmp = tempfile.mkdtemp(prefix="fpray")  # short: Ray's socket paths must stay < 108 chars
+    head = subprocess.Popen(
+        [str(bindir / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
+         "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true", f"--temp-dir={tmp}",
+         "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{dash}"
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    keys = photos(src, 6)
+
+    def submit() -> dict:
+        cmd = [str(bindir / "ray"), "job", "submit", "--address", url, "--",
+               sys.executable, str(ROOT / "jobs" / "cloak_archive.py"), str(src), str(dst), "--model", model,
+               "--labels", "folder", "--no-judge", "--batch-size", "2", "--log-every", "2"]
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        assert "succeeded" in (p.stdout + p.stderr).lower()
+        assert "progress: " in p.stdout  # the steady progress lines reach `ray job logs`
+        runs = sorted((dst / "_facepriv" / "runs").iterdir(), key=lambda d: json.loads(
+            (d / "summary.json").read_text())["run_id"])
+        return json.loads((runs[-1] / "summary.json").read_text())
+
+    try:
+        for _ in range(120):  # wait for the dashboard's job API
+            try:
+                import urllib.request
+
+                urllib.request.urlopen(f"{url}/api/version", timeout=1)
+                break
+            except Exception:  # noqa: BLE001
+                time.sleep(0.5)
+        first = submit()
+        assert first["inputs"] == 6 and first["skipped"] == 0 and first["errors"] == 0
+        rows = run_rows(dst, first["run_id"])
+        assert sorted(r["source_key"] for r in rows) == sorted(keys)
+        assert all(decodes(dst / k) for k in keys)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops the head it started
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)
