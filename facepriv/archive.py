@@ -41,8 +41,11 @@ def storage_options(url: str, endpoint: str | None = None, retries: int = 5) -> 
 class Archive:
     url: str
     options: dict[str, Any]
+    retries: int = 5  # attempts for transient storage errors (on top of botocore's own)
 
     def __post_init__(self) -> None:
+        self.retries = max(1, int(self.options.get("config_kwargs", {}).get("retries", {}).get(
+            "max_attempts", self.retries)))
         self.fs, root = fsspec.core.url_to_fs(self.url, **self.options)
         if self.fs.protocol in ("file", "local") or "file" in self.fs.protocol:
             root = os.path.realpath(root)
@@ -69,12 +72,43 @@ class Archive:
         if self.is_local:
             yield from self._walk_local()
             return
-        for dirpath, dirs, files in self.fs.walk(self.root, detail=False):
+        if hasattr(self.fs, "call_s3"):
+            yield from self._walk_s3()
+            return
+        for dirpath, dirs, files in self.fs.walk(self.root, detail=False):  # other fsspec stores
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != META_DIR)
             rel = posixpath.relpath(dirpath, self.root) if dirpath.rstrip("/") != self.root else ""
             for name in sorted(files):
                 if _is_candidate(name):
                     yield posixpath.join(rel, name) if rel and rel != "." else name
+
+    def _walk_s3(self) -> Iterator[str]:
+        """Flat, paginated object listing (S3 order): every object key under the prefix, as is.
+
+        Keys an object store can hold but a path cannot (`a/../b.jpg`, `a//b.jpg`, `./c.jpg`)
+        are yielded too, so they get an error row (safe_key refuses them) instead of vanishing
+        or aliasing another file. Folder markers (keys ending in `/`) are not objects to cloak.
+        """
+        bucket, _, prefix = self.root.partition("/")
+        prefix = f"{prefix.rstrip('/')}/" if prefix else ""
+        token = None
+        while True:
+            kw: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
+            if token:
+                kw["ContinuationToken"] = token
+            page = _retry(lambda: self.fs.call_s3("list_objects_v2", **kw), self.retries)
+            for obj in page.get("Contents", []):
+                rel = obj["Key"][len(prefix):]
+                if not rel or rel.endswith("/"):
+                    continue
+                parts = rel.split("/")
+                if parts[0] == META_DIR or any(p.startswith(".") and p not in (".", "..") for p in parts):
+                    continue
+                if _is_candidate(parts[-1]):
+                    yield rel
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
 
     def _walk_local(self) -> Iterator[str]:
         seen: set[tuple[int, int]] = set()
@@ -106,14 +140,21 @@ class Archive:
         yield from walk(self.root, "")
 
     def read_bytes(self, key: str) -> bytes:
+        """Read one object; transient errors are retried, permanent ones raise InputError."""
+        path = self.path(key)
         try:
-            return self.fs.cat_file(self.path(key))
+            return _retry(lambda: self.fs.cat_file(path), self.retries)
         except FileNotFoundError:
             raise InputError("file vanished or is a broken link") from None
         except IsADirectoryError:
             raise InputError("is a directory") from None
         except PermissionError:
             raise InputError("permission denied") from None
+        except OSError as e:
+            # strerror only: the message must not carry local paths or endpoint details
+            raise InputError(f"cannot read: {e.strerror or type(e).__name__}") from None
+        except Exception as e:  # noqa: BLE001 - storage errors after the last retry
+            raise InputError(f"storage error after {self.retries} attempt(s): {_short(e)}") from None
 
     def size(self, key: str) -> int | None:
         try:
@@ -131,12 +172,15 @@ class Archive:
         if self.is_local:
             parent = os.path.dirname(path)
             os.makedirs(parent, exist_ok=True)
+            real = os.path.realpath(parent)
+            if real != self.root and not real.startswith(self.root.rstrip("/") + "/"):
+                raise InputError(f"output folder of {key!r} is a link that leaves DST; refused")
             tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.part")
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
         else:  # an object PUT is atomic
-            _retry(lambda: self.fs.pipe_file(path, data))
+            _retry(lambda: self.fs.pipe_file(path, data), self.retries)
 
     def write_text(self, key: str, text: str) -> None:
         self.write_bytes(key, text.encode("utf-8"))
@@ -153,30 +197,72 @@ def _is_candidate(name: str) -> bool:
 
 
 def safe_key(key: str) -> str:
-    """Normalise a relative key; refuse absolute keys and `..` segments that leave the root."""
+    """Check a relative key: it must name a path strictly inside the root, as written.
+
+    Keys are never normalised: on an object store `a/../b.jpg` is a real key, distinct from
+    `b.jpg`; normalising it would read or overwrite another object. So any empty, `.` or `..`
+    segment, a leading `/` or a NUL byte is refused (the photo gets an error row).
+    """
     if "\x00" in key:
-        raise InputError("key contains a NUL byte")
-    norm = posixpath.normpath(key.replace("\\", "/")).lstrip("/") if key else ""
-    if not norm or norm == "." or norm == ".." or norm.startswith("../"):
-        raise InputError(f"key {key!r} would resolve outside the archive root; refused")
-    return norm
+        raise InputError("key contains a NUL byte; refused")
+    if not key or key.startswith("/"):
+        raise InputError(f"key {key!r} is empty or absolute; refused")
+    for seg in key.split("/"):
+        if seg in (".", ".."):
+            raise InputError(
+                f"key {key!r} has a {seg!r} path segment; refused, because its output path would "
+                "alias another file or resolve outside DST (rename the object)"
+            )
+        if not seg:
+            raise InputError(f"key {key!r} has an empty path segment ('//'); refused (rename the object)")
+    return key
 
 
-def _retry(fn, attempts: int = 5, base: float = 0.2):
+TRANSIENT_CODES = {"500", "502", "503", "504", "SlowDown", "Throttling", "ThrottlingException",
+                   "RequestTimeout", "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable"}
+
+
+def is_transient(e: BaseException) -> bool:
+    """Worth retrying: connection/timeouts and 5xx/throttling answers, not 4xx or missing keys."""
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, InputError)):
+        return False
+    if isinstance(e, (TimeoutError, ConnectionError)):
+        return True
+    code = str(getattr(e, "response", {}).get("Error", {}).get("Code", "")) if hasattr(e, "response") else ""
+    if code:
+        return code in TRANSIENT_CODES
+    name = type(e).__name__
+    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+                "ResponseStreamingError", "IncompleteReadError", "ServerDisconnectedError",
+                "ClientPayloadError"):
+        return True
+    if isinstance(e, OSError) and e.errno is None:  # s3fs wraps unknown service errors as OSError
+        return any(c in str(e) for c in TRANSIENT_CODES)
+    return False
+
+
+def _retry(fn, attempts: int = 5, base: float = 0.2, sleep=time.sleep):
+    """Call fn, retrying transient errors with exponential backoff (base * 2**i seconds)."""
+    attempts = max(1, int(attempts))
     for i in range(attempts):
         try:
             return fn()
-        except (OSError, TimeoutError) as e:
-            if isinstance(e, (FileNotFoundError, PermissionError)) or i == attempts - 1:
+        except Exception as e:  # noqa: BLE001
+            if not is_transient(e) or i == attempts - 1:
                 raise
-            time.sleep(base * 2**i)
+            sleep(min(base * 2**i, 10.0))
     return None
+
+
+def _short(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg[:200]}" if msg else type(e).__name__
 
 
 def open_pair(src: str, dst: str, endpoint: str | None = None, retries: int = 5) -> tuple[Archive, Archive]:
     """Open SRC and DST, refusing DST equal to or inside SRC (we never write into the source)."""
-    s = Archive(src, storage_options(src, endpoint, retries))
-    d = Archive(dst, storage_options(dst, endpoint, retries))
+    s = Archive(src, storage_options(src, endpoint, retries), retries)
+    d = Archive(dst, storage_options(dst, endpoint, retries), retries)
     if s.is_local != d.is_local:
         return s, d
     sr, dr = s.root.rstrip("/") + "/", d.root.rstrip("/") + "/"
@@ -184,5 +270,10 @@ def open_pair(src: str, dst: str, endpoint: str | None = None, retries: int = 5)
         raise UsageError(
             f"DST ({dst}) is equal to or inside SRC ({src}); facepriv never writes into the "
             "source archive. Choose an output location outside SRC."
+        )
+    if sr.startswith(dr):
+        raise UsageError(
+            f"SRC ({src}) lies inside DST ({dst}): an output written at DST/<key> could land on a "
+            "source photo. Choose an output location that does not contain SRC."
         )
     return s, d

@@ -54,6 +54,8 @@ class FaceDetector:
         out: list[Detection | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, im in enumerate(images):
+            if min(im.shape[:2]) < self.settings.min_face_size:
+                continue  # no face of min_face_size fits (and MTCNN's pyramid would be empty)
             groups[im.shape[:2]].append(i)
         for idx in groups.values():
             for chunk in _chunks(idx, 16):

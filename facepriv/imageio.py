@@ -22,6 +22,9 @@ from .errors import InputError
 # destroy the cloak or not exist.
 WRITABLE = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM"}
 DEFAULT_MAX_PIXELS = 100_000_000
+# Our own limit (`max_pixels`, --max-pixels) is checked after reading the header and before
+# any pixel is decoded; Pillow's fixed global limit would override a user's choice either way.
+Image.MAX_IMAGE_PIXELS = None
 GPS_IFD = 0x8825
 ORIENTATION = 0x0112
 
@@ -68,7 +71,16 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
             f"refused: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
             "(raise --max-pixels to allow it)"
         )
-    frames = getattr(img, "n_frames", 1)
+    try:
+        frames = int(getattr(img, "n_frames", 1))
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"corrupt or truncated {fmt} data: {e}") from None
+    if frames > 1:
+        # Cloaking only the first frame would drop the rest or leave uncloaked faces in them.
+        raise InputError(
+            f"refused: animated or multi-frame {fmt} ({frames} frames); facepriv cloaks still images "
+            "only, so nothing was written for it (extract the frames to cloak them)"
+        )
     try:
         img.load()
         exif = img.getexif()
@@ -80,8 +92,6 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
     icc = img.info.get("icc_profile")
     out = Decoded(rgb=np.zeros((1, 1, 3), np.uint8), format=fmt, mode=mode, icc_profile=icc,
                   exif=exif if len(exif) else None, frames=frames)
-    if frames > 1:
-        out.notes.append(f"{frames} frames: only the first frame is cloaked and written")
 
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(upright, dtype=np.int64)

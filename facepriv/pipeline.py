@@ -125,17 +125,11 @@ class Cloaker:
     def process(self, keys: list[str]) -> list[dict[str, Any]]:
         photos = [self._read(k) for k in keys]
         live = [p for p in photos if p.decoded is not None]
-        t = time.perf_counter()
-        dets = self.detector.detect([p.decoded.rgb for p in live]) if live else []
-        t_det = (time.perf_counter() - t) / max(len(live), 1)
-        for p, d in zip(live, dets):
-            p.det = d
-            p.row["t_detect"] = t_det
-            self._assign_label(p)
+        self._guard(live, self._detect)
         self._guard(live, self._attack)
         self._guard(live, self._write)
         if self.settings.judge:
-            self._judge([p for p in live if p.row["status"] != "error"])
+            self._guard(live, self._judge)
         for p in photos:
             self._finish(p)
         return [p.row for p in photos]
@@ -184,6 +178,15 @@ class Cloaker:
             self._fail(p, f"cannot read: {type(e).__name__}: {e}")
         row["t_read"] = time.perf_counter() - t
         return p
+
+    def _detect(self, photos: list[_Photo]) -> None:
+        t = time.perf_counter()
+        dets = self.detector.detect([p.decoded.rgb for p in photos]) if photos else []
+        t_det = (time.perf_counter() - t) / max(len(photos), 1)
+        for p, d in zip(photos, dets):
+            p.det = d
+            p.row["t_detect"] = t_det
+            self._assign_label(p)
 
     def _assign_label(self, p: _Photo) -> None:
         if self.settings.labels != "folder" or p.det is None or len(p.det) == 0:
@@ -269,6 +272,7 @@ class Cloaker:
         t = time.perf_counter()
         written: list[tuple[_Photo, np.ndarray]] = []
         for p in photos:
+            p.faces = []  # _guard may re-run this stage photo by photo
             try:
                 back = imageio.decode(self.dst.read_bytes(p.key), max_pixels=2**62)
             except FacePrivError as e:
