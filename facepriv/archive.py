@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -150,11 +151,12 @@ class Archive:
             raise InputError("is a directory") from None
         except PermissionError:
             raise InputError("permission denied") from None
-        except OSError as e:
-            # strerror only: the message must not carry local paths or endpoint details
-            raise InputError(f"cannot read: {e.strerror or type(e).__name__}") from None
-        except Exception as e:  # noqa: BLE001 - storage errors after the last retry
-            raise InputError(f"storage error after {self.retries} attempt(s): {_short(e)}") from None
+        except Exception as e:  # noqa: BLE001 - messages carry no paths, endpoints or credentials
+            if is_transient(e):
+                raise InputError(f"storage error after {self.retries} attempt(s): {_short(e)}") from None
+            if isinstance(e, OSError) and e.strerror:
+                raise InputError(f"cannot read: {e.strerror}") from None
+            raise InputError(f"cannot read: {_short(e)}") from None
 
     def size(self, key: str) -> int | None:
         try:
@@ -255,7 +257,10 @@ def _retry(fn, attempts: int = 5, base: float = 0.2, sleep=time.sleep):
 
 
 def _short(e: BaseException) -> str:
+    """One line of an exception for a manifest reason, with URLs (endpoints) and paths removed."""
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    msg = re.sub(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S+", "<url>", msg)
+    msg = re.sub(r"(?<![\w.])/[^\s'\"]+", "<path>", msg)
     return f"{type(e).__name__}: {msg[:200]}" if msg else type(e).__name__
 
 

@@ -26,7 +26,9 @@ def add_io_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--s3-endpoint", default=None,
                    help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL, else AWS). "
                         "Credentials come from the standard AWS variables/profiles, never from flags.")
-    g.add_argument("--retries", type=int, default=5, help="attempts for transient storage errors (default 5)")
+    g.add_argument("--retries", type=int, default=5,
+                   help="attempts per storage call for transient errors (timeouts, 5xx, throttling), with "
+                        "exponential backoff (default 5); a permanent error on one object becomes its error row")
 
 
 def add_cloak_options(p: argparse.ArgumentParser) -> None:
@@ -57,6 +59,9 @@ def add_cloak_options(p: argparse.ArgumentParser) -> None:
                    help="skip re-reading and re-classifying the written files (no fooling rate)")
     o.add_argument("--max-pixels", type=int, default=100_000_000,
                    help="refuse images with more pixels than this, before decoding (default 1e8)")
+    o.add_argument("--strict", action="store_true",
+                   help="exit with status 1 when any photo got an `error` row (default: bad files are "
+                        "recorded in the manifest with their reason and the exit status stays 0)")
     d = p.add_argument_group("faces")
     d.add_argument("--min-face-size", type=int, default=20, help="smallest face MTCNN looks for, px (default 20)")
     d.add_argument("--thresholds", type=float, nargs=3, default=[0.6, 0.7, 0.7], metavar=("P", "R", "O"),
@@ -103,6 +108,9 @@ def cmd_cloak(args: argparse.Namespace) -> int:
         log_every=args.log_every, incremental=not args.full,
     )
     print_summary(summary, args.dst)
+    if getattr(args, "strict", False) and summary.get("errors"):
+        print(f"facepriv: --strict: {summary['errors']} photo(s) had errors (see the manifest)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -120,7 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     s = TrainSettings(arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       val_fraction=args.val_fraction, seed=args.seed, pretrained=args.pretrained,
                       freeze_backbone=args.freeze_backbone, device=args.device)
-    train(args.data_dir, args.out, s, s3_endpoint=args.s3_endpoint, progress=not args.no_progress)
+    train(args.data_dir, args.out, s, s3_endpoint=args.s3_endpoint, progress=not args.no_progress,
+          retries=args.retries)
     return 0
 
 

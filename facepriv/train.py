@@ -141,11 +141,11 @@ def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, size: int, device, bs: 
 
 
 def train(data_dir: str, out: str, settings: TrainSettings, s3_endpoint: str | None = None,
-          progress: bool = True, log=print) -> dict:
+          progress: bool = True, log=print, retries: int = 5) -> dict:
     torch.manual_seed(settings.seed)
     device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if settings.device == "auto" else settings.device))
-    archive = Archive(data_dir, storage_options(data_dir, s3_endpoint))
+    archive = Archive(data_dir, storage_options(data_dir, s3_endpoint, retries), retries)
     model = build_model(settings.arch, num_classes=2, pretrained=None)  # for input_size only
     size = int(model.input_size)
     detector = FaceDetector(device=device)
