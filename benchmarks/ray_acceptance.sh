@@ -15,10 +15,11 @@ work="$(mktemp -d /tmp/fpacc.XXXX)"; src="$work/src"; dst="$work/dst"
 mkdir -p "$work/code"; git archive HEAD | tar -x -C "$work/code"
 free() { python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free); dash=$(free); url="http://127.0.0.1:$dash"
-ray start --head --block --port="$port" --dashboard-port="$dash" --num-cpus=2 --num-gpus=0 \
+setsid ray start --head --block --port="$port" --dashboard-port="$dash" --num-cpus=2 --num-gpus=0 \
     --temp-dir="$work/ray" --disable-usage-stats >"$work/head.log" 2>&1 &
 head=$!
-trap 'kill $head 2>/dev/null; wait $head 2>/dev/null || true' EXIT
+# its own session: SIGTERM to the group stops exactly the head this script started
+trap 'kill -TERM -- -$head 2>/dev/null; wait $head 2>/dev/null || true' EXIT
 # 60 photos: 4 identities x 15, plus 3 held back for step 3
 mapfile -t ids < <(ls "$lfw" | head -5)
 for id in "${ids[@]:0:4}"; do mkdir -p "$src/$id"; cp "$lfw/$id"/*.jpg "$src/$id/"; done

@@ -3,6 +3,8 @@
 Layout under DST:
   _facepriv/runs/<run_id>/manifest/part-<n>.parquet   rows of one run
   _facepriv/runs/<run_id>/summary.json               that run's summary
+  _facepriv/manifest/latest.parquet                  latest row per source key across runs
+                                                     (written by facepriv/incremental.py)
 """
 
 from __future__ import annotations

@@ -247,7 +247,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_ray_job_submit_end_to_end(model, tmp_path):
+def test_ray_job_submit_driver_killed_then_resumed(model, tmp_path):
     env = dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     bindir = Path(sys.executable).parent
@@ -260,19 +260,10 @@ def test_ray_job_submit_end_to_end(model, tmp_path):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
     src, dst = tmp_path / "src", tmp_path / "dst"
-    keys = photos(src, 6)
-
-    def submit() -> dict:
-        cmd = [str(bindir / "ray"), "job", "submit", "--address", url, "--",
-               sys.executable, str(ROOT / "jobs" / "cloak_archive.py"), str(src), str(dst), "--model", model,
-               "--labels", "folder", "--no-judge", "--batch-size", "2", "--log-every", "2"]
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-        assert "succeeded" in (p.stdout + p.stderr).lower()
-        assert "progress: " in p.stdout  # the steady progress lines reach `ray job logs`
-        runs = sorted((dst / "_facepriv" / "runs").iterdir(), key=lambda d: json.loads(
-            (d / "summary.json").read_text())["run_id"])
-        return json.loads((runs[-1] / "summary.json").read_text())
+    keys = photos(src, 12)
+    job = [sys.executable, str(ROOT / "jobs" / "cloak_archive.py"), str(src), str(dst), "--model", model,
+           "--labels", "folder", "--no-judge", "--batch-size", "2", "--workers", "1", "--log-every", "2"]
+    ray_cli = [str(bindir / "ray"), "job"]
 
     try:
         for _ in range(120):  # wait for the dashboard's job API
@@ -283,11 +274,41 @@ def test_ray_job_submit_end_to_end(model, tmp_path):
                 break
             except Exception:  # noqa: BLE001
                 time.sleep(0.5)
-        first = submit()
-        assert first["inputs"] == 6 and first["skipped"] == 0 and first["errors"] == 0
-        rows = run_rows(dst, first["run_id"])
-        assert sorted(r["source_key"] for r in rows) == sorted(keys)
+        # 1. a job whose driver is SIGKILLed once its first manifest part is written
+        subprocess.run(ray_cli + ["submit", "--address", url, "--submission-id", "killed", "--no-wait", "--"] + job,
+                       env=env, check=True, capture_output=True, timeout=60)
+        runs = dst / "_facepriv" / "runs"
+        for _ in range(600):
+            if list(runs.glob("*/manifest/*.parquet")):
+                break
+            time.sleep(0.1)
+        import psutil
+
+        drivers = [q for q in psutil.process_iter(["cmdline"])
+                   if "cloak_archive.py" in " ".join(q.info["cmdline"] or []) and str(dst) in q.info["cmdline"]]
+        assert len(drivers) == 1
+        drivers[0].kill()  # SIGKILL the job's driver process: no chance to clean up
+        drivers[0].wait(10)
+        (killed_run,) = list(runs.iterdir())
+        assert not (killed_run / "summary.json").exists(), "the job finished before it could be interrupted"
+        done_before = [r["source_key"] for r in run_rows(dst, killed_run.name)]
+        assert 0 < len(done_before) < 12
+
+        # 2. the same job again resumes: what the killed run finished is skipped, the rest cloaked
+        p = subprocess.run(ray_cli + ["submit", "--address", url, "--"] + job, env=env, capture_output=True,
+                           text=True, timeout=240)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        assert "succeeded" in (p.stdout + p.stderr).lower()
+        assert "progress: " in p.stdout  # the steady progress lines reach `ray job logs`
+        (summary,) = [json.loads(f.read_text()) for f in runs.glob("*/summary.json")]
+        assert summary["inputs"] == 12 and summary["errors"] == 0
+        assert summary["skipped"] == len(done_before)
+        rows = run_rows(dst, summary["run_id"])
+        assert sorted(r["source_key"] for r in rows) == sorted(keys)  # each exactly once
+        assert sorted(r["source_key"] for r in rows if r["status"] == "skipped") == sorted(done_before)
         assert all(decodes(dst / k) for k in keys)
+        view = inc.read_view(Archive(str(dst), {})).to_pylist()
+        assert sorted(r["source_key"] for r in view) == sorted(keys)
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops the head it started
         try:
