@@ -1,0 +1,261 @@
+"""The report job (shell): find runs under one or more DSTs, read their Parquet manifests,
+judge again (judges, robustness), aggregate with the pure functions of `aggregate`, and write
+DST/_facepriv/report/{report.json, *.parquet, index.html}. Local folders and s3:// alike."""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import imageio, manifest, robustness
+from ..archive import META_DIR, Archive, storage_options
+from ..errors import UsageError
+from . import aggregate as agg
+from . import html as html_mod
+from . import panels as pan
+
+REPORT_DIR = f"{META_DIR}/report"
+
+
+@dataclass
+class ReportSettings:
+    judges: list[str] = field(default_factory=list)  # judge specs: "dlib", "tfjs:model.pt"
+    gallery: str | None = None  # DIR/<identity>/<photos>: evasion enrolment / poisoning probes
+    gallery_per_identity: int | None = None  # use the first N photos per identity (sorted)
+    labels: str = "folder"
+    mode: str = "evasion"
+    robustness: bool = True
+    transforms: list[str] = field(default_factory=lambda: list(robustness.TRANSFORMS))
+    sample: int = 8  # photos per run shown as panels
+    run_ids: list[str] | None = None  # only these runs (default: every run under each DST)
+    src: str | None = None  # override the SRC recorded in summary.json
+    out: str | None = None  # where report/ goes (default: the first DST)
+    s3_endpoint: str | None = None
+    retries: int = 5
+    device: str = "cpu"
+    progress: bool = True
+
+
+@dataclass
+class Run:
+    run_id: str
+    dst: Archive
+    dst_url: str
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+    @property
+    def src_url(self) -> str | None:
+        return self.summary.get("src")
+
+
+def open_archive(url: str, s: ReportSettings) -> Archive:
+    return Archive(url, storage_options(url, s.s3_endpoint, s.retries), s.retries)
+
+
+def find_runs(dst: Archive, dst_url: str, run_ids: Sequence[str] | None = None) -> list[Run]:
+    base = f"{dst.root}/{META_DIR}/runs"
+    if not dst.fs.exists(base):
+        return []
+    runs = []
+    for entry in sorted(dst.fs.ls(base, detail=False)):
+        rid = posixpath.basename(entry.rstrip("/"))
+        if run_ids and rid not in run_ids:
+            continue
+        rows = manifest.rows_from_table(manifest.read_manifest(dst.fs, f"{entry}/manifest"))
+        if not rows:
+            continue
+        try:
+            summary = json.loads(dst.read_bytes(f"{META_DIR}/runs/{rid}/summary.json"))
+        except Exception:  # noqa: BLE001 - an interrupted run has rows but no summary
+            summary = {}
+        runs.append(Run(rid, dst, dst_url, rows, summary))
+    return runs
+
+
+def make_judges(specs: Sequence[str]):
+    from ..judges import get_judge
+
+    return [get_judge(s) for s in specs]
+
+
+def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], None] = print,
+                 evaluator: Any = None) -> dict[str, Any]:
+    """Build and write the report; returns report.json's content.
+
+    `evaluator` (an `evaluate.Evaluator`) may be passed to reuse enrolled galleries and cached
+    clean embeddings across several reports; its judges and transforms are then used as they are.
+    """
+    if s.mode not in ("evasion", "poisoning"):
+        raise UsageError(f"--mode must be evasion or poisoning, got {s.mode!r}")
+    if s.judges and not s.gallery:
+        raise UsageError("--judge needs --gallery DIR (one sub-folder of clean photos per identity)")
+    archives = [open_archive(d, s) for d in dsts]
+    runs = [r for a, d in zip(archives, dsts) for r in find_runs(a, d, s.run_ids)]
+    if not runs:
+        raise UsageError(f"no runs with a manifest under {', '.join(d + '/_facepriv/runs/' for d in dsts)}")
+    log(f"report over {len(runs)} run(s): {', '.join(r.run_id for r in runs)}")
+    notes: list[str] = []
+    judges = evaluator.judges if evaluator is not None else make_judges(s.judges)
+    galleries = {}
+    if judges and evaluator is None:
+        from ..judges import Gallery
+
+        sel = (lambda f: f[: s.gallery_per_identity]) if s.gallery_per_identity else None
+        for j in judges:
+            log(f"enrolling {s.gallery} with judge {j.name} ...")
+            g = Gallery.from_folder(s.gallery, j, select=sel,
+                                    storage_options=storage_options(s.gallery, s.s3_endpoint, s.retries))
+            galleries[j.name] = g
+            log(f"  {len(g.identities)} identities, {len(g)} photos enrolled, {len(g.skipped)} skipped")
+            if g.skipped:
+                notes.append(f"gallery ({j.name}): {len(g.skipped)} photo(s) not enrolled, e.g. {g.skipped[0]}")
+    from .evaluate import Evaluator
+
+    ev = evaluator or Evaluator(judges, galleries, s.mode, s.transforms if s.robustness else [], s.labels, s.device,
+                                s.progress)
+    records, details, face_tables, panel_list = [], [], [], []
+    for run in runs:
+        src_url = s.src or run.src_url
+        src = open_archive(src_url, s) if src_url else None
+        log(f"run {run.run_id}: {len(run.rows)} rows, {run.summary.get('attack') or ''} "
+            f"eps {run.summary.get('eps')}, SRC {src_url}")
+        sample = agg.sample_rows(run.rows, s.sample)
+        res = ev.evaluate(run.rows, src, run.dst) if (judges or ev.transforms) else None
+        rec = agg.run_record(run.run_id, run.rows, res.judges if res else None, res.robustness if res else None,
+                             dst=run.dst_url, src=src_url)
+        records.append(rec)
+        det = {"quality": agg.quality(run.rows), "fooling": agg.fooling_tables(run.rows),
+               "faces_per_photo": agg.faces_per_photo(run.rows), "errors": agg.errors_by_reason(run.rows),
+               "timings": agg.timings(run.rows), "notes": list(res.notes[:20]) if res else []}
+        if res and len(res.notes) > 20:
+            det["notes"].append(f"... and {len(res.notes) - 20} more notes")
+        details.append(det)
+        if res:
+            face_tables.append([{**{k: v for k, v in f.items() if k != "_probe"}, "run_id": run.run_id}
+                                for f in res.faces])
+        by_key = {f["source_key"]: f for f in (res.faces if res else [])}
+        panel_list += make_panels(run, src, sample, by_key, [j.name for j in judges], notes)
+    curves = agg.eps_curves(records)
+    curve_b64 = pan.b64(pan.eps_curve_png(curves)) if curves else None
+    report = {
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dsts": list(dsts), "mode": s.mode, "judges": [j.name for j in judges], "gallery": s.gallery,
+        "labels": s.labels, "transforms": list(ev.transforms),
+        "runs": records, "details": details, "eps_curves": {k: [list(p) for p in v] for k, v in curves.items()},
+        "robustness_table": agg.robustness_table(records), "notes": notes,
+    }
+    out = open_archive(s.out, s) if s.out else archives[0]
+    prefix = "" if s.out else f"{REPORT_DIR}/"
+    write_outputs(out, prefix, report, runs, face_tables, html_mod.render(report, curve_b64, panel_list))
+    report["written_to"] = out.url.rstrip("/") + ("/" + prefix.rstrip("/") if prefix else "")
+    return report
+
+
+def make_panels(run: Run, src: Archive | None, sample: Sequence[dict], by_key: dict[str, dict],
+                judge_names: Sequence[str], notes: list[str]) -> list[dict[str, Any]]:
+    if src is None:
+        if sample:
+            notes.append(f"run {run.run_id}: no SRC recorded, no face panels")
+        return []
+    out = []
+    for r in sample:
+        faces = agg.faces_of(r)
+        f = next((x for x in faces if x.get("label")), None) or next((x for x in faces if x.get("judged")), faces[0])
+        try:
+            clean = imageio.decode(src.read_bytes(r["source_key"]), max_pixels=2**62).rgb
+            cloaked = imageio.decode(run.dst.read_bytes(r.get("output_key") or r["source_key"]), max_pixels=2**62).rgb
+            a, amp, b, gain = pan.panel(clean, cloaked, f["box"])
+        except Exception as e:  # noqa: BLE001 - a panel is illustration; note and go on
+            notes.append(f"panel for {r['source_key']}: {type(e).__name__}: {e}")
+            continue
+        import numpy as np
+
+        strip = np.concatenate([a, np.full((a.shape[0], 6, 3), 255, np.uint8), amp,
+                                np.full((a.shape[0], 6, 3), 255, np.uint8), b], axis=1)
+        preds: dict[str, tuple] = {}
+        if f.get("clean_pred") is not None:
+            preds["surrogate"] = (f.get("clean_pred"), f.get("cloaked_pred"), f.get("fooled") if f.get("judged") else None)
+        jf = by_key.get(r["source_key"], {})
+        for n in judge_names:
+            if f"{n}_clean_pred" in jf:
+                preds[n] = (jf.get(f"{n}_clean_pred"), jf.get(f"{n}_cloaked_pred"), jf.get(f"{n}_protected"))
+        out.append({"run": f"{r.get('attack')} eps {agg._num(r.get('eps'))}", "run_id": run.run_id,
+                    "key": r["source_key"], "label": f.get("label"), "gain": gain, "preds": preds,
+                    "image": pan.b64(pan.png(strip))})
+    return out
+
+
+def _parquet(rows: list[dict[str, Any]]) -> bytes:
+    buf = io.BytesIO()
+    clean = [{k: (json.dumps(v, default=str) if isinstance(v, (dict, list, tuple)) else v) for k, v in r.items()}
+             for r in rows]
+    pq.write_table(pa.Table.from_pylist(clean), buf, compression="zstd")
+    return buf.getvalue()
+
+
+def write_outputs(out: Archive, prefix: str, report: dict[str, Any], runs: Sequence[Run],
+                  face_tables: list[list[dict]], page: str) -> None:
+    tables = {
+        "runs": [{k: v for k, v in r.items()} for r in report["runs"]],
+        "fooling_by_setting": [dict(row, run_id=r["run_id"]) for r, d in zip(report["runs"], report["details"])
+                               for row in d["fooling"]["by_setting"]],
+        "fooling_by_identity": [dict(row, run_id=r["run_id"]) for r, d in zip(report["runs"], report["details"])
+                                for row in d["fooling"]["by_identity"]],
+        "fooling_by_format": [dict(row, run_id=r["run_id"]) for r, d in zip(report["runs"], report["details"])
+                              for row in d["fooling"]["by_format"]],
+        "errors": [dict(row, run_id=r["run_id"]) for r, d in zip(report["runs"], report["details"])
+                   for row in d["errors"]],
+        "robustness": report["robustness_table"],
+        "judged_faces": [f for t in face_tables for f in t],
+        "photos": [{"run_id": run.run_id, "source_key": row.get("source_key"), "status": row.get("status"),
+                    "reason": row.get("reason"), "format": row.get("format"), "n_faces": row.get("n_faces"),
+                    "psnr": row.get("psnr"), "ssim": row.get("ssim"), "attack": row.get("attack"),
+                    "eps": row.get("eps"), "t_total": row.get("t_total")} for run in runs for row in run.rows],
+    }
+    for name, rows in tables.items():
+        if rows:
+            out.write_bytes(f"{prefix}{name}.parquet", _parquet(rows))
+    out.write_text(f"{prefix}report.json", json.dumps(report, indent=2, default=str))
+    out.write_text(f"{prefix}index.html", page)
+
+
+def print_runs(report: dict[str, Any], file=sys.stdout) -> None:
+    """A compact text table of the runs (for the CLI)."""
+    judge_names = report.get("judges", [])
+    transforms = report.get("transforms", [])
+    head = ["run", "attack", "eps", "faces", "judged", "fooling", "PSNR", "SSIM"]
+    for n in judge_names:
+        head += [f"{n} clean acc", f"{n} protect"]
+    for t in transforms:
+        head += [f"{t} fool"] + [f"{t} {n} protect" for n in judge_names]
+    lines = [" | ".join(head)]
+    for r in report["runs"]:
+        cells = [r["run_id"], str(r["attack"]), str(r["eps"]), str(r["faces"]), str(r["faces_judged"]),
+                 _p(r["fooling_rate"]), _f(r["psnr_mean"], 2), _f(r["ssim_mean"], 4)]
+        for n in judge_names:
+            j = r["judges"].get(n, {})
+            cells += [_p(j.get("clean_accuracy")), _p(j.get("protection_rate"))]
+        for t in transforms:
+            v = r["robustness"].get(t, {})
+            cells += [_p(v.get("fooling_rate"))] + [_p(v.get("judges", {}).get(n, {}).get("protection_rate"))
+                                                   for n in judge_names]
+        lines.append(" | ".join(cells))
+    print("\n".join(lines), file=file)
+
+
+def _p(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def _f(v: float | None, d: int) -> str:
+    return "-" if v is None else f"{v:.{d}f}"

@@ -1,0 +1,290 @@
+"""Judge a finished run again, from its files: independent judges and robustness transforms.
+
+Shell around pure pieces: it reads the clean original (SRC) and the written cloaked file
+(DST) of every labelled face in a run's manifest, re-detects the face in the written file
+with MTCNN (like `facepriv.pipeline` does), and hands embeddings to the judge arithmetic
+(`facepriv.judges.evasion` / `poisoning`). For robustness, each cloaked file goes through a
+`facepriv.robustness` transform and is re-detected and judged again, by the run's surrogate
+(re-classified with `facepriv.geometry.crop_faces`, as the pipeline's judge stage does) and
+by every judge.
+
+A probe is the labelled face of an ok row (the face nearest the centre, identity = its
+`label`; with labels "none" the judge's own clean rank-1 identity stands in for the truth).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import geometry, imageio, robustness
+from ..archive import Archive
+from ..faces import DetectorSettings, FaceDetector
+from ..judges import Gallery, Judge, evasion, identify, poisoning
+from .aggregate import counted, faces_of, folder_identity
+
+MATCH_IOU = 0.3  # the pipeline's rule for "found again in the written file"
+
+
+@dataclass
+class Probe:
+    key: str  # source key
+    output_key: str
+    identity: str | None
+    face: dict[str, Any]  # manifest face: box, landmarks (flat 10), label, judged, fooled, preds
+    row: dict[str, Any]
+
+    @property
+    def box(self) -> np.ndarray:
+        return np.asarray(self.face["box"], np.float32)
+
+    def face_dict(self) -> dict[str, Any]:
+        lm = self.face.get("landmarks")
+        return {"box": self.box, "landmarks": None if lm is None else np.asarray(lm, np.float32).reshape(5, 2)}
+
+
+def probes_of(rows: Sequence[dict[str, Any]], labels: str = "folder") -> list[Probe]:
+    """One probe per ok row: its labelled face (labels "folder": the identity is the face's label,
+    falling back to the parent folder), else with labels "none" the face nearest the centre."""
+    out = []
+    for r in counted(rows):
+        faces = faces_of(r)
+        if r.get("status") != "ok" or not faces:
+            continue
+        idx = next((i for i, f in enumerate(faces) if f.get("label")), None)
+        if idx is None:
+            boxes = np.array([f["box"] for f in faces], np.float32)
+            idx = geometry.nearest_to_centre(boxes, int(r.get("width") or 0), int(r.get("height") or 0))
+        f = faces[idx]
+        ident = (f.get("label") or folder_identity(r["source_key"])) if labels == "folder" else None
+        out.append(Probe(r["source_key"], r.get("output_key") or r["source_key"], ident, f, r))
+    return out
+
+
+def match(box: np.ndarray, boxes: np.ndarray, min_iou: float = MATCH_IOU) -> int | None:
+    """Index of the box in `boxes` with the highest IoU with `box`, if >= min_iou."""
+    if len(boxes) == 0:
+        return None
+    ious = geometry.iou(np.asarray(box, np.float32)[None], boxes)[0]
+    j = int(ious.argmax())
+    return j if ious[j] >= min_iou else None
+
+
+def detector_for(rows: Sequence[dict[str, Any]], device: str = "cpu") -> FaceDetector:
+    """MTCNN with the run's own detector settings (from settings_json)."""
+    s: dict[str, Any] = {}
+    for r in rows:
+        if r.get("settings_json"):
+            s = json.loads(r["settings_json"])
+            break
+    return FaceDetector(DetectorSettings(int(s.get("min_face_size", 20)), tuple(s.get("thresholds", (0.6, 0.7, 0.7))),
+                                         float(s.get("min_prob", 0.9))), device)
+
+
+class Surrogate:
+    """The run's crafting model, re-classifying faces the way the pipeline's judge stage does."""
+
+    def __init__(self, checkpoint: str, device: str = "cpu"):
+        from ..models.checkpoint import load_checkpoint
+
+        self.loaded = load_checkpoint(checkpoint, device)
+        self.classes = self.loaded.classes
+        self.device = torch.device(device)
+        self.path = checkpoint
+
+    @torch.no_grad()
+    def classify(self, rgb: np.ndarray, boxes: np.ndarray) -> list[str]:
+        img = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(2, 0, 1).float().div_(255)
+        x = geometry.crop_faces(img, np.asarray(boxes, np.float32).reshape(-1, 4), self.loaded.model.input_size)
+        return [self.classes[i] for i in self.loaded.model(x).argmax(1).cpu().tolist()]
+
+
+def surrogate_fooled(face: dict[str, Any], pred: str, target: str | None = None) -> bool:
+    """The pipeline's rule on a new prediction for a judged face."""
+    if target is not None:
+        return pred == target
+    if face.get("label"):
+        return pred != face["label"]
+    return pred != face.get("clean_pred")
+
+
+@dataclass
+class RunEvaluation:
+    judges: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> evasion/poisoning result
+    robustness: dict[str, dict[str, Any]] = field(default_factory=dict)  # transform -> {fooling_rate, judges}
+    faces: list[dict[str, Any]] = field(default_factory=list)  # per probe, for the Parquet table / panels
+    notes: list[str] = field(default_factory=list)
+
+
+class Evaluator:
+    """Holds the detector, judges and enrolment galleries across runs (clean embeddings are
+    cached per (judge, source URL, key), so several runs over the same SRC embed it once)."""
+
+    def __init__(self, judges: Sequence[Judge], galleries: dict[str, Gallery] | None = None,
+                 mode: str = "evasion", transforms: Sequence[str] = (), labels: str = "folder",
+                 device: str = "cpu", progress: bool = True):
+        if mode not in ("evasion", "poisoning"):
+            raise ValueError(f"mode must be evasion or poisoning, got {mode!r}")
+        self.judges = list(judges)
+        self.galleries = dict(galleries or {})
+        self.mode = mode
+        self.transforms = list(transforms)
+        for t in self.transforms:
+            robustness.get_transform(t)  # fail early on a bad name
+        self.labels = labels
+        self.device = device
+        self.progress = progress
+        self._clean_cache: dict[tuple[str, str, str], np.ndarray | None] = {}
+        self._surrogates: dict[str, Surrogate | None] = {}
+
+    def surrogate(self, model: str | None, notes: list[str]) -> Surrogate | None:
+        if not model:
+            return None
+        if model not in self._surrogates:
+            try:
+                self._surrogates[model] = Surrogate(model, self.device)
+            except Exception as e:  # noqa: BLE001 - the report goes on without the surrogate columns
+                notes.append(f"surrogate {model!r} not loadable ({type(e).__name__}: {e}); "
+                             "robustness has no surrogate fooling rate")
+                self._surrogates[model] = None
+        return self._surrogates[model]
+
+    def evaluate(self, rows: Sequence[dict[str, Any]], src: Archive | None, dst: Archive,
+                 sample_keys: Sequence[str] = ()) -> RunEvaluation:
+        ev = RunEvaluation()
+        probes = probes_of(rows, self.labels)
+        if not probes:
+            ev.notes.append("no ok row with a face: nothing to judge")
+            return ev
+        model = next((r.get("model") for r in rows if r.get("model")), None)
+        sur = self.surrogate(model, ev.notes) if self.transforms else None
+        target = None
+        sj = next((r.get("settings_json") for r in rows if r.get("settings_json")), None)
+        if sj:
+            target = json.loads(sj).get("target")
+        if src is None and self.judges:
+            ev.notes.append("the run's summary.json names no readable SRC: judges need the clean originals")
+        detector = detector_for(rows, self.device)
+        names = [j.name for j in self.judges] if src is not None else []
+        # embeddings[name] -> list over probes of (clean, cloaked, {transform: emb})
+        clean: dict[str, list] = {n: [] for n in names}
+        cloak: dict[str, list] = {n: [] for n in names}
+        trans: dict[str, dict[str, list]] = {t: {n: [] for n in names} for t in self.transforms}
+        sur_counts = {t: [0, 0] for t in self.transforms}  # judged, fooled
+        bar = tqdm(probes, desc=f"judging {len(probes)} faces", unit="face", disable=not self.progress,
+                   file=sys.stderr)
+        for p in bar:
+            rec: dict[str, Any] = {"source_key": p.key, "identity": p.identity, "label": p.face.get("label"),
+                                   "judged": bool(p.face.get("judged")), "fooled": p.face.get("fooled"),
+                                   "clean_pred": p.face.get("clean_pred"), "cloaked_pred": p.face.get("cloaked_pred")}
+            try:
+                back = imageio.decode(dst.read_bytes(p.output_key), max_pixels=2**62).rgb
+            except Exception as e:  # noqa: BLE001 - one missing output is one note, not a crash
+                ev.notes.append(f"{p.output_key}: cannot read the cloaked file ({type(e).__name__}: {e})")
+                continue
+            redet = detector.detect([back])[0]
+            j = match(p.box, redet.boxes)
+            cloak_face = ({"box": redet.boxes[j], "landmarks": redet.landmarks[j]} if j is not None else None)
+            rec["redetected"] = j is not None
+            clean_rgb = None
+            if names:
+                try:
+                    clean_rgb = self._clean_rgb(src, p.key) if any(
+                        (n, src.url, p.key) not in self._clean_cache for n in names) else None
+                except Exception as e:  # noqa: BLE001
+                    ev.notes.append(f"{p.key}: cannot read the original ({type(e).__name__}: {e})")
+            for jd in self.judges if names else []:
+                ck = (jd.name, src.url, p.key)
+                if ck not in self._clean_cache:
+                    self._clean_cache[ck] = (None if clean_rgb is None else
+                                             _embed(jd, clean_rgb, p.face_dict()))
+                clean[jd.name].append(self._clean_cache[ck])
+                cloak[jd.name].append(None if cloak_face is None else _embed(jd, back, cloak_face))
+            for t in self.transforms:
+                rgb_t, scaled = robustness.apply(t, back, [p.face_dict()])
+                det_t = detector.detect([rgb_t])[0]
+                jt = match(scaled[0]["box"], det_t.boxes)
+                face_t = {"box": det_t.boxes[jt], "landmarks": det_t.landmarks[jt]} if jt is not None else None
+                if sur is not None and p.face.get("judged"):
+                    box_t = face_t["box"] if face_t is not None else scaled[0]["box"]
+                    pred = sur.classify(rgb_t, box_t[None])[0]
+                    fooled = surrogate_fooled(p.face, pred, target)
+                    sur_counts[t][0] += 1
+                    sur_counts[t][1] += fooled
+                    rec[f"{t}_pred"] = pred
+                    rec[f"{t}_fooled"] = fooled
+                rec[f"{t}_redetected"] = jt is not None
+                for jd in self.judges if names else []:
+                    trans[t][jd.name].append(None if face_t is None else _embed(jd, rgb_t, face_t))
+            rec["_probe"] = p
+            ev.faces.append(rec)
+        bar.close()
+        for jd in self.judges if names else []:
+            n = jd.name
+            res, per = self._judge(jd, ev.faces, clean[n], cloak[n])
+            res["crafting"] = False
+            ev.judges[n] = res
+            for rec, pf in zip(ev.faces, per):
+                rec[f"{n}_clean_pred"] = pf.get("clean_pred")
+                rec[f"{n}_cloaked_pred"] = pf.get("cloaked_pred")
+                rec[f"{n}_protected"] = pf.get("protected")
+        for t in self.transforms:
+            judged, fooled = sur_counts[t]
+            entry: dict[str, Any] = {"judged": judged if sur else None, "fooled": fooled if sur else None,
+                                     "fooling_rate": (fooled / judged) if (sur and judged) else None, "judges": {}}
+            for jd in self.judges if names else []:
+                entry["judges"][jd.name], _ = self._judge(jd, ev.faces, clean[jd.name], trans[t][jd.name])
+            ev.robustness[t] = entry
+        return ev
+
+    def _clean_rgb(self, src: Archive, key: str) -> np.ndarray:
+        return imageio.decode(src.read_bytes(key), max_pixels=2**62).rgb
+
+    def _judge(self, jd: Judge, recs: list[dict], clean: list, cloaked: list) -> tuple[dict, list[dict]]:
+        """Evasion or poisoning over aligned probe lists; per-probe dicts (clean_pred, cloaked_pred, protected)."""
+        ids = [self._identity(jd, r, c) for r, c in zip(recs, clean)]
+        if self.mode == "evasion":
+            gallery = self.galleries.get(jd.name)
+            if gallery is None:
+                raise ValueError(f"evasion mode needs a gallery for judge {jd.name!r} (--gallery DIR)")
+            res = evasion(gallery, list(zip(ids, clean, cloaked)), details=True)
+            per = [{"clean_pred": f["clean_pred"], "cloaked_pred": f["cloaked_pred"],
+                    "protected": (not f["cloaked_ok"]) if f["clean_ok"] else None} for f in res.pop("per_face")]
+            return res, per
+        # poisoning: the run's cloaked photos are the enrolment, the --gallery photos are clean probes
+        cloaked_g, clean_g = Gallery.for_judge(jd), Gallery.for_judge(jd)
+        for ident, c, k, r in zip(ids, clean, cloaked, recs):
+            if ident is None:
+                continue
+            if c is not None:
+                clean_g.add(ident, c, r["source_key"])
+            if k is not None:
+                cloaked_g.add(ident, k, r["source_key"])
+        enrolled = self.galleries.get(jd.name)
+        if enrolled is None:
+            raise ValueError(f"poisoning mode needs clean probe photos for judge {jd.name!r} (--gallery DIR)")
+        probes = [(ident, e) for ident in enrolled.identities if ident in clean_g for e in enrolled.embeddings[ident]]
+        res = poisoning(cloaked_g, probes, clean_gallery=clean_g, details=True)
+        res.pop("per_face")
+        return res, [{} for _ in recs]
+
+    def _identity(self, jd: Judge, rec: dict, clean_emb: np.ndarray | None) -> str | None:
+        if rec.get("identity") is not None or self.labels == "folder":
+            return rec.get("identity")
+        g = self.galleries.get(jd.name)
+        return identify(g, clean_emb)[0] if (g is not None and clean_emb is not None) else None
+
+
+def _embed(judge: Judge, rgb: np.ndarray, face: dict[str, Any]) -> np.ndarray | None:
+    try:
+        e = np.asarray(judge.embed(rgb, [face]))
+    except ValueError:  # e.g. an empty box after scaling
+        return None
+    return e[0] if len(e) else None
