@@ -18,7 +18,7 @@ from . import __version__
 from .errors import FacePrivError
 
 # Command modules that add their own sub-commands (each has add_parser(subparsers)).
-COMMAND_MODULES: list[str] = ["facepriv.report.cli"]
+COMMAND_MODULES: list[str] = ["facepriv.report.cli", "facepriv.uap_cli"]
 
 
 def add_io_options(p: argparse.ArgumentParser) -> None:
@@ -38,9 +38,12 @@ def add_cloak_options(p: argparse.ArgumentParser) -> None:
                                "relative paths, manifests go to DST/_facepriv/runs/<run_id>/")
     a = p.add_argument_group("attack")
     a.add_argument("--model", help="surrogate checkpoint from `facepriv train` (needed by fgsm and pgd)")
-    a.add_argument("--attack", default="fgsm", choices=["fgsm", "pgd"],
+    a.add_argument("--attack", default="fgsm", choices=["fgsm", "pgd", "uap"],
                    help="fgsm: one signed-gradient step (the paper's eq. 1); pgd: iterative, stops per face "
-                        "once fooled (default fgsm)")
+                        "once fooled; uap: add the universal perturbation given by --uap (no model needed; "
+                        "a --model only judges) (default fgsm)")
+    a.add_argument("--uap", default=None, metavar="PATH",
+                   help="universal perturbation (.npy from `facepriv uap fit`) for --attack uap")
     a.add_argument("--eps", type=float, default=8.0, help="L-inf budget in 0-255 pixel units (default 8)")
     a.add_argument("--steps", type=int, default=10, help="pgd iterations (default 10)")
     a.add_argument("--alpha", type=float, default=None, help="pgd step in 0-255 units (default max(eps/4, 1))")
@@ -89,12 +92,16 @@ def add_cloak_options(p: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace):
     from .pipeline import CloakSettings
 
+    if getattr(args, "attack", None) == "uap":
+        from .uap_apply import prepare_args
+
+        prepare_args(args)  # --uap required; eps = the perturbation's size; extra records the file
     return CloakSettings(
         model=args.model, attack=args.attack, eps=args.eps, steps=args.steps, alpha=args.alpha,
         kappa=args.kappa, target=args.target, labels=args.labels, jpeg_quality=args.jpeg_quality,
         keep_metadata=args.keep_metadata, min_face_size=args.min_face_size, thresholds=tuple(args.thresholds),
         min_prob=args.min_prob, max_pixels=args.max_pixels, face_batch=args.face_batch,
-        judge=not args.no_judge, device=args.device,
+        judge=not args.no_judge, device=args.device, extra=getattr(args, "extra", None) or {},
     )
 
 

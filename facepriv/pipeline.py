@@ -158,7 +158,7 @@ class Cloaker:
         row = manifest.empty_row(
             run_id=self.run_id, source_key=key, output_key=key, status="ok", reason=None,
             attack=self.settings.attack, eps=self.settings.eps,
-            steps=self.settings.steps if self.settings.attack != "fgsm" else 1,
+            steps=self.settings.steps if self.settings.attack not in ("fgsm", "uap") else 1,
             settings_json=self.settings_json, settings_hash=self.settings_hash,
             model=self.settings.model, model_sha256=self.model_sha, worker=self.worker,
         )

@@ -84,3 +84,6 @@ class PGDStrategy(_ClassifierAttack):
         adv, used = pgd(model, x, y, eps=self.s.eps, steps=self.s.steps, alpha=self.s.alpha,
                         targeted=self.s.target is not None, kappa=self.s.kappa)
         return adv, used.tolist()
+
+
+from . import uap_apply  # noqa: E402,F401  (registers "uap")
