@@ -83,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--judge", action="append", default=None, help="independent judges (default: dlib)")
     ap.add_argument("--transforms", nargs="+", default=["jpeg95", "jpeg85", "jpeg75", "down0.5"],
                     help="robustness transforms for the PGD run (every run gets jpeg85)")
+    ap.add_argument("--uap", default="auto", choices=["auto", "off"],
+                    help="auto: fit and apply the universal perturbation when `facepriv uap` exists (last, after "
+                         "the other rows are written); off: skip it")
+    ap.add_argument("--uap-xi", type=float, default=10.0, help="UAP L-inf bound, 0-255 (default 10)")
+    ap.add_argument("--uap-passes", type=int, default=5, help="UAP passes over the train faces (default 5)")
+    ap.add_argument("--uap-timeout", type=float, default=1200,
+                    help="seconds allowed for each of uap fit / apply before the UAP row is given up (1200)")
     ap.add_argument("--reuse", action="store_true",
                     help="reuse OUT/model.pt and finished runs under OUT/runs/ instead of redoing them")
     args = ap.parse_args(argv)
@@ -120,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                                                             labels="folder")))
     for name, settings in plan:
         dst = f"{out}/runs/{name}"
-        if args.reuse and os.path.isdir(f"{dst}/_facepriv/runs"):
+        import glob
+
+        if args.reuse and glob.glob(f"{dst}/_facepriv/runs/*/summary.json"):  # a finished run
             log(f"reusing {dst}")
         else:
             log(f"cloaking {test_dir} -> {dst} ({settings.attack}, eps {settings.eps:g})")
@@ -129,33 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  {s['inputs']} photos, {s['faces_judged']} judged faces, fooling rate "
                 f"{rate_str(s['fooling_rate'])}, {time.time() - t:.0f}s")
         runs[name] = dst
-    uap_note = "not available"
-    if uap_available():
-        uap_note = "`facepriv uap` exists but this job does not drive it yet"
-    log(f"universal perturbation: {uap_note}")
 
-    judges = args.judge if args.judge is not None else ["dlib"]
-    rs = ReportSettings(judges=judges, gallery=train_dir, labels="folder", transforms=["jpeg85"],
-                        out=f"{out}/report", sample=4)
-    from facepriv.judges import Gallery, get_judge
-
-    jl = [get_judge(j) for j in judges]
-    galleries = {}
-    for j in jl:
-        log(f"enrolling {train_dir} with {j.name}")
-        galleries[j.name] = Gallery.from_folder(train_dir, j)
-    ev = Evaluator(jl, galleries, "evasion", ["jpeg85"], "folder", progress=True)
-    log("report over every run (surrogate, judges, jpeg85)")
-    report = build_report(list(runs.values()), rs, log=log, evaluator=ev)
-    pgd_name = plan[-1][0]
-    ev.transforms = list(args.transforms)
-    log(f"report for {pgd_name} with every robustness transform ({' '.join(args.transforms)})")
-    pgd_report = build_report([runs[pgd_name]], ReportSettings(judges=judges, gallery=train_dir, sample=8,
-                                                               transforms=list(args.transforms)),
-                              log=log, evaluator=ev)
-
-    by_dst = {r["dst"]: r for r in report["runs"]}
-    # test accuracy: the surrogate's clean accuracy on the labelled test faces of one run (same for all)
+    # test accuracy: the surrogate's clean accuracy on the labelled test faces (any run: same clean pass)
     from facepriv import manifest as mf
     from facepriv.archive import Archive
 
@@ -164,40 +148,109 @@ def main(argv: list[str] | None = None) -> int:
     labelled = [f for r in rows if r["status"] == "ok" for f in (r["faces"] or []) if f.get("label")]
     test_acc = (sum(f.get("clean_pred") == f["label"] for f in labelled) / len(labelled)) if labelled else None
 
-    jn = [j.name for j in jl]
-    table = {"train_accuracy": {"paper": PAPER["train_accuracy"], "ours": tr.get("train_acc")},
-             "test_accuracy": {"paper": None, "ours": test_acc, "faces": len(labelled)}, "attacks": []}
-    for name, _ in plan:
-        r = by_dst[runs[name]]
-        paper = PAPER["fgsm_fooling_rate"] if name.startswith("fgsm") else None
-        row = {"attack": name, "paper_fooling_rate": paper, "fooling_rate": r["fooling_rate"],
-               "faces_judged": r["faces_judged"], "psnr_mean": r["psnr_mean"], "ssim_mean": r["ssim_mean"],
-               "jpeg85_fooling_rate": r["robustness"].get("jpeg85", {}).get("fooling_rate")}
-        for n in jn:
-            j = r["judges"].get(n, {})
-            row[f"{n}_clean_accuracy"] = j.get("clean_accuracy")
-            row[f"{n}_protection_rate"] = j.get("protection_rate")
-            row[f"{n}_faces"] = j.get("faces")
-            row[f"jpeg85_{n}_protection_rate"] = r["robustness"].get("jpeg85", {}).get("judges", {}).get(n, {}).get(
-                "protection_rate")
-        table["attacks"].append(row)
-    table["attacks"].append({"attack": "uap", "paper_fooling_rate": PAPER["uap_fooling_rate"],
-                             "note": f"{uap_note} (paper: {PAPER['uap_iterations']} iterations)"})
-    table["pgd_robustness"] = {t: v for t, v in pgd_report["runs"][0]["robustness"].items()}
-    table["reports"] = {"all_runs": report["written_to"], "pgd": pgd_report["written_to"]}
-    table["seconds"] = time.time() - t_start
+    judges = args.judge if args.judge is not None else ["dlib"]
+    from facepriv.judges import Gallery, get_judge
 
-    md = render_table(table, jn)
-    with open(f"{out}/paper_table.md", "w") as f:
-        f.write(md)
-    with open(f"{out}/paper_table.json", "w") as f:
-        json.dump(table, f, indent=2, default=str)
+    jl = [get_judge(j) for j in judges]
+    jn = [j.name for j in jl]
+    galleries = {}
+    for j in jl:
+        log(f"enrolling {train_dir} with {j.name}")
+        galleries[j.name] = Gallery.from_folder(train_dir, j)
+        log(f"  {len(galleries[j.name])} photos of {len(galleries[j.name].identities)} identities enrolled")
+    table: dict = {"train_accuracy": {"paper": PAPER["train_accuracy"], "ours": tr.get("train_acc")},
+                   "test_accuracy": {"paper": None, "ours": test_acc, "faces": len(labelled)},
+                   "attacks": [], "pgd_robustness": {}, "reports": {}}
+
+    def write_table() -> str:
+        table["seconds"] = time.time() - t_start
+        md = render_table(table, jn)
+        with open(f"{out}/paper_table.md", "w") as f:
+            f.write(md)
+        with open(f"{out}/paper_table.json", "w") as f:
+            json.dump(table, f, indent=2, default=str)
+        return md
+
+    # one report per run, the PGD run first with every transform (the acceptance numbers), then the
+    # FGSM runs with jpeg85; the table is rewritten after each, so a long job leaves partial results
+    ev = Evaluator(jl, galleries, "evasion", [], "folder", progress=True)
+    order = [plan[-1][0]] + [n for n, _ in plan[:-1]]
+    results: dict[str, dict] = {}
+    for name in order:
+        ev.transforms = list(args.transforms) if name.startswith("pgd") else ["jpeg85"]
+        log(f"report for {name} (judges {', '.join(jn)}; transforms {' '.join(ev.transforms)})")
+        rep = build_report([runs[name]], ReportSettings(judges=judges, gallery=train_dir, sample=8,
+                                                        transforms=list(ev.transforms)), log=log, evaluator=ev)
+        results[name] = rep["runs"][0]
+        table["reports"][name] = rep["written_to"]
+        if name.startswith("pgd"):
+            table["pgd_robustness"] = rep["runs"][0]["robustness"]
+            print(f"\n{name}, every transform:")
+            print_runs(rep)
+            sys.stdout.flush()
+        table["attacks"] = [attack_row(n, results[n], jn) for n, _ in plan if n in results]
+        write_table()
+
+    uap_row = {"attack": "uap", "paper_fooling_rate": PAPER["uap_fooling_rate"],
+               "note": f"not available (paper: {PAPER['uap_iterations']} iterations)"}
+    if args.uap == "auto" and uap_available():
+        dst = f"{out}/runs/uap"
+        try:
+            run_uap(train_dir, test_dir, model, f"{out}/uap.npy", dst, args)
+            ev.transforms = ["jpeg85"]
+            rep = build_report([dst], ReportSettings(judges=judges, gallery=train_dir, sample=8,
+                                                     transforms=["jpeg85"]), log=log, evaluator=ev)
+            runs["uap"] = dst
+            results["uap"] = rep["runs"][0]
+            table["reports"]["uap"] = rep["written_to"]
+            uap_row = attack_row("uap", results["uap"], jn, PAPER["uap_fooling_rate"])
+        except Exception as e:  # noqa: BLE001 - the UAP row says why; the rest of the table stands
+            uap_row["note"] = f"failed: {type(e).__name__}: {e}"
+    elif args.uap == "off":
+        uap_row["note"] = f"skipped (--uap off; paper: {PAPER['uap_iterations']} iterations)"
+    table["attacks"].append(uap_row)
+
+    log("report over every run (evaluations reused)")
+    report = build_report(list(runs.values()), ReportSettings(judges=judges, gallery=train_dir, sample=2,
+                                                              out=f"{out}/report"), log=log, evaluator=ev)
+    table["reports"]["all_runs"] = report["written_to"]
+    md = write_table()
     print(md)
-    print("\nPGD run, every transform:")
-    print_runs(pgd_report)
-    print(f"\nreports: {report['written_to']}/index.html, {pgd_report['written_to']}/index.html")
+    print("reports: " + ", ".join(f"{v}/index.html" for v in table["reports"].values()))
     print(f"table: {out}/paper_table.md, {out}/paper_table.json ({table['seconds']:.0f}s)")
     return 0
+
+
+def run_uap(train_dir: str, test_dir: str, model: str, uap: str, dst: str, args) -> None:
+    """Fit the universal perturbation on the train faces and apply it to the test photos, through
+    `facepriv uap fit` / `facepriv uap apply` (the universal-perturbation commands)."""
+    import subprocess
+
+    fit = [sys.executable, "-m", "facepriv.cli", "uap", "fit", train_dir, "--model", model, "--out", uap,
+           "--xi", f"{args.uap_xi:g}", "--max-passes", str(args.uap_passes), "--face-batch", "16", "--workers", "1",
+           "--no-progress"]
+    log("universal perturbation: " + " ".join(fit[2:]))
+    subprocess.run(fit, check=True, timeout=args.uap_timeout)
+    apply = [sys.executable, "-m", "facepriv.cli", "uap", "apply", test_dir, dst, "--uap", uap, "--model", model,
+             "--labels", "folder", "--no-progress", "--workers", "1"]
+    log("universal perturbation: " + " ".join(apply[2:]))
+    subprocess.run(apply, check=True, timeout=args.uap_timeout)
+
+
+def attack_row(name: str, r: dict, judge_names: list[str], paper: float | None = None) -> dict:
+    if paper is None and name.startswith("fgsm"):
+        paper = PAPER["fgsm_fooling_rate"]
+    row = {"attack": name, "paper_fooling_rate": paper, "fooling_rate": r["fooling_rate"],
+           "faces_judged": r["faces_judged"], "psnr_mean": r["psnr_mean"], "ssim_mean": r["ssim_mean"],
+           "jpeg85_fooling_rate": r["robustness"].get("jpeg85", {}).get("fooling_rate")}
+    for n in judge_names:
+        j = r["judges"].get(n, {})
+        row[f"{n}_clean_accuracy"] = j.get("clean_accuracy")
+        row[f"{n}_protection_rate"] = j.get("protection_rate")
+        row[f"{n}_faces"] = j.get("faces")
+        row[f"jpeg85_{n}_protection_rate"] = r["robustness"].get("jpeg85", {}).get("judges", {}).get(n, {}).get(
+            "protection_rate")
+    return row
 
 
 def render_table(t: dict, judge_names: list[str]) -> str:

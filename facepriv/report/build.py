@@ -127,8 +127,8 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
     for run in runs:
         src_url = s.src or run.src_url
         src = open_archive(src_url, s) if src_url else None
-        log(f"run {run.run_id}: {len(run.rows)} rows, {run.summary.get('attack') or ''} "
-            f"eps {run.summary.get('eps')}, SRC {src_url}")
+        st = agg.run_setting(run.rows)
+        log(f"run {run.run_id}: {len(run.rows)} rows, {st['attack']} eps {st['eps']}, SRC {src_url}")
         sample = agg.sample_rows(run.rows, s.sample)
         res = ev.evaluate(run.rows, src, run.dst) if (judges or ev.transforms) else None
         rec = agg.run_record(run.run_id, run.rows, res.judges if res else None, res.robustness if res else None,
@@ -150,7 +150,7 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
     report = {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dsts": list(dsts), "mode": s.mode, "judges": [j.name for j in judges], "gallery": s.gallery,
-        "labels": s.labels, "transforms": list(ev.transforms),
+        "labels": s.labels, "transforms": list(dict.fromkeys(t for r in records for t in r["robustness"])),
         "runs": records, "details": details, "eps_curves": {k: [list(p) for p in v] for k, v in curves.items()},
         "robustness_table": agg.robustness_table(records), "notes": notes,
     }
@@ -188,7 +188,9 @@ def make_panels(run: Run, src: Archive | None, sample: Sequence[dict], by_key: d
         jf = by_key.get(r["source_key"], {})
         for n in judge_names:
             if f"{n}_clean_pred" in jf:
-                preds[n] = (jf.get(f"{n}_clean_pred"), jf.get(f"{n}_cloaked_pred"), jf.get(f"{n}_protected"))
+                d = jf.get(f"{n}_cloaked_distance")
+                preds[n] = (jf.get(f"{n}_clean_pred"), jf.get(f"{n}_cloaked_pred") or "no face",
+                            jf.get(f"{n}_protected"), "" if d is None else f" (distance {d:.2f})")
         out.append({"run": f"{r.get('attack')} eps {agg._num(r.get('eps'))}", "run_id": run.run_id,
                     "key": r["source_key"], "label": f.get("label"), "gain": gain, "preds": preds,
                     "image": pan.b64(pan.png(strip))})
@@ -229,8 +231,9 @@ def write_outputs(out: Archive, prefix: str, report: dict[str, Any], runs: Seque
     out.write_text(f"{prefix}index.html", page)
 
 
-def print_runs(report: dict[str, Any], file=sys.stdout) -> None:
+def print_runs(report: dict[str, Any], file=None) -> None:
     """A compact text table of the runs (for the CLI)."""
+    file = file or sys.stdout
     judge_names = report.get("judges", [])
     transforms = report.get("transforms", [])
     head = ["run", "attack", "eps", "faces", "judged", "fooling", "PSNR", "SSIM"]

@@ -142,6 +142,9 @@ class Evaluator:
         self.device = device
         self.progress = progress
         self._clean_cache: dict[tuple[str, str, str], np.ndarray | None] = {}
+        # (DST url, run id) -> (transforms evaluated, result): a run judged once with a superset of
+        # the transforms asked for now is not judged again (several reports over the same runs)
+        self._runs: dict[tuple[str, str], tuple[frozenset, RunEvaluation]] = {}
         self._surrogates: dict[str, Surrogate | None] = {}
 
     def surrogate(self, model: str | None, notes: list[str]) -> Surrogate | None:
@@ -156,8 +159,17 @@ class Evaluator:
                 self._surrogates[model] = None
         return self._surrogates[model]
 
-    def evaluate(self, rows: Sequence[dict[str, Any]], src: Archive | None, dst: Archive,
-                 sample_keys: Sequence[str] = ()) -> RunEvaluation:
+    def evaluate(self, rows: Sequence[dict[str, Any]], src: Archive | None, dst: Archive) -> RunEvaluation:
+        """Judge one run's written files (cached per DST and run id)."""
+        run_key = (dst.url, str(next((r.get("run_id") for r in rows if r.get("run_id")), "")))
+        hit = self._runs.get(run_key)
+        if hit is not None and hit[0] >= frozenset(self.transforms):
+            return hit[1]
+        ev = self._evaluate(rows, src, dst)
+        self._runs[run_key] = (frozenset(self.transforms), ev)
+        return ev
+
+    def _evaluate(self, rows: Sequence[dict[str, Any]], src: Archive | None, dst: Archive) -> RunEvaluation:
         ev = RunEvaluation()
         probes = probes_of(rows, self.labels)
         if not probes:
@@ -235,6 +247,8 @@ class Evaluator:
                 rec[f"{n}_clean_pred"] = pf.get("clean_pred")
                 rec[f"{n}_cloaked_pred"] = pf.get("cloaked_pred")
                 rec[f"{n}_protected"] = pf.get("protected")
+                d = pf.get("cloaked_distance")
+                rec[f"{n}_cloaked_distance"] = None if d is None or not np.isfinite(d) else float(d)
         for t in self.transforms:
             judged, fooled = sur_counts[t]
             entry: dict[str, Any] = {"judged": judged if sur else None, "fooled": fooled if sur else None,
@@ -256,6 +270,7 @@ class Evaluator:
                 raise ValueError(f"evasion mode needs a gallery for judge {jd.name!r} (--gallery DIR)")
             res = evasion(gallery, list(zip(ids, clean, cloaked)), details=True)
             per = [{"clean_pred": f["clean_pred"], "cloaked_pred": f["cloaked_pred"],
+                    "cloaked_distance": f["cloaked_distance"],
                     "protected": (not f["cloaked_ok"]) if f["clean_ok"] else None} for f in res.pop("per_face")]
             return res, per
         # poisoning: the run's cloaked photos are the enrolment, the --gallery photos are clean probes

@@ -60,7 +60,7 @@ def render(report: dict[str, Any], curve_png_b64: str | None = None,
     """The whole page. `panels`: [{run_id, key, image (b64 PNG of the 3 crops), caption fields}]."""
     runs = report.get("runs", [])
     judge_names = sorted({n for r in runs for n in r.get("judges", {})})
-    transforms = sorted({t for r in runs for t in r.get("robustness", {})})
+    transforms = list(dict.fromkeys(t for r in runs for t in r.get("robustness", {})))
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>facepriv report</title><style>{CSS}</style>"
            "</head><body>",
            "<h1>facepriv fooling report</h1>",
@@ -180,8 +180,11 @@ def caption(p: dict[str, Any]) -> str:
     parts = [f"<b>{esc(p.get('key'))}</b> <span class='muted'>({esc(p.get('run'))}, gain ×{p.get('gain', 0):.0f})</span>"]
     if p.get("label"):
         parts.append(f"true: {esc(p['label'])}")
-    for name, (c, k, ok) in p.get("preds", {}).items():
+    for name, pr in p.get("preds", {}).items():
+        c, k, ok = pr[:3]
+        extra = pr[3] if len(pr) > 3 else ""
+        yes, no = ("fooled", "not fooled") if name == "surrogate" else ("protected", "recognised")
         cls = "fooled" if ok else "kept"
-        word = "fooled" if ok else ("kept" if ok is not None else "")
-        parts.append(f"{esc(name)}: {esc(c)} → <span class='{cls}'>{esc(k)}</span> {word}")
+        word = yes if ok else (no if ok is not None else "(not judged)")
+        parts.append(f"{esc(name)}: {esc(c)} → <span class='{cls}'>{esc(k)}</span>{esc(extra)} {word}")
     return "<br>".join(parts)

@@ -1,0 +1,325 @@
+"""facepriv report: aggregation arithmetic on a hand-made manifest, judges and robustness
+transforms through the report with a fake judge and a fake surrogate, HTML rendered in
+headless Chromium."""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from facepriv import geometry, manifest
+from facepriv.report import aggregate as agg
+from facepriv.report import panels as pan
+from facepriv.report.build import ReportSettings, build_report
+from facepriv.report.evaluate import Evaluator, probes_of, surrogate_fooled
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "lfw")
+
+
+# --------------------------------------------------------------------------- pure arithmetic
+
+
+def face(label=None, judged=False, fooled=None, redetected=True):
+    return {"box": [10.0, 10.0, 50.0, 60.0], "landmarks": [20.0] * 10, "label": label, "judged": judged,
+            "fooled": fooled, "redetected": redetected, "clean_pred": label, "cloaked_pred": "x"}
+
+
+def row(key, status="ok", faces=(), psnr=40.0, ssim=0.99, fmt="JPEG", attack="fgsm", eps=8.0, model="m.pt",
+        reason=None, t=0.5):
+    return manifest.empty_row(run_id="r", source_key=key, output_key=key, status=status, reason=reason,
+                              faces=list(faces), n_faces=len(faces), psnr=psnr, ssim=ssim, format=fmt,
+                              attack=attack, eps=eps, model=model, t_read=t, t_total=None if t is None else 2 * t)
+
+
+def handmade():
+    return [
+        row("A/1.jpg", faces=[face("A", True, True), face(None, False, None, redetected=False)], psnr=30.0, ssim=0.9),
+        row("A/2.jpg", faces=[face("A", True, False)], psnr=40.0, ssim=0.95, t=1.5),
+        row("B/1.png", faces=[face("B", True, True)], fmt="PNG", psnr=50.0, ssim=1.0),
+        row("B/2.png", faces=[face("B", False, None)], fmt="PNG", psnr=float("inf"), ssim=1.0),  # not judged
+        row("C/1.jpg", status="no_face", psnr=60.0, ssim=1.0),
+        row("C/2.jpg", status="error", reason="cannot read: truncated", psnr=None, ssim=None, t=None),
+        row("C/3.jpg", status="error", reason="cannot read: bad header", psnr=None, ssim=None, t=None),
+        row("C/4.jpg", status="error", reason="not an image", psnr=None, ssim=None, t=None),
+        row("D/1.jpg", status="skipped", faces=[face("D", True, True)], psnr=10.0),  # earlier run's: not counted
+    ]
+
+
+def test_fooling_tables_per_setting_identity_format():
+    rows = handmade()
+    t = agg.fooling_tables(rows)
+    assert t["by_setting"] == [{"attack": "fgsm", "eps": 8, "model": "m.pt", "faces": 5, "judged": 3, "fooled": 2,
+                                "fooling_rate": pytest.approx(2 / 3), "redetected": 4}]
+    ids = {r["identity"]: r for r in t["by_identity"]}
+    assert (ids["A"]["judged"], ids["A"]["fooled"], ids["A"]["fooling_rate"]) == (2, 1, 0.5)
+    assert (ids["B"]["judged"], ids["B"]["fooled"], ids["B"]["fooling_rate"]) == (1, 1, 1.0)
+    assert ids[None]["judged"] == 0 and ids[None]["fooling_rate"] is None and "D" not in ids
+    fm = {r["format"]: r for r in t["by_format"]}
+    assert fm["JPEG"]["fooling_rate"] == 0.5 and fm["PNG"]["fooling_rate"] == 1.0 and fm["PNG"]["faces"] == 2
+
+
+def test_quality_faces_errors_timings():
+    rows = handmade()
+    q = agg.quality(rows)
+    assert q["psnr"]["n"] == 4  # inf and errors and skipped left out
+    assert q["psnr"]["mean"] == pytest.approx((30 + 40 + 50 + 60) / 4)
+    assert q["psnr"]["min"] == 30 and q["psnr"]["max"] == 60 and q["psnr"]["median"] == 45
+    assert sum(q["psnr"]["hist"]["counts"]) == 4
+    assert q["ssim"]["n"] == 5 and q["ssim"]["mean"] == pytest.approx((0.9 + 0.95 + 1 + 1 + 1) / 5)
+    assert agg.faces_per_photo(rows) == {"0": 1, "1": 3, "2": 1}
+    assert agg.errors_by_reason(rows) == [
+        {"reason": "cannot read", "count": 2, "examples": ["C/2.jpg", "C/3.jpg"]},
+        {"reason": "not an image", "count": 1, "examples": ["C/4.jpg"]},
+    ]
+    tm = agg.timings(rows)
+    assert tm["t_read"]["n"] == 5 and tm["t_read"]["sum"] == pytest.approx(0.5 * 4 + 1.5)
+    assert tm["t_total"]["mean"] == pytest.approx(2 * (0.5 * 4 + 1.5) / 5)
+    assert agg.statuses(rows) == {"error": 3, "no_face": 1, "ok": 4, "skipped": 1}
+
+
+def test_run_record_and_eps_curve_and_robustness_table():
+    rows = handmade()
+    judge = {"mode": "evasion", "faces": 4, "clean_correct": 3, "clean_accuracy": 0.75, "protected": 1,
+             "protection_rate": 1 / 3, "per_face": ["dropped"]}
+    rob = {"jpeg85": {"fooling_rate": 0.25, "judged": 4, "fooled": 1, "judges": {"fake": dict(judge, protection_rate=0.0)}}}
+    rec = agg.run_record("r1", rows, {"fake": judge}, rob)
+    assert (rec["attack"], rec["eps"], rec["model"]) == ("fgsm", 8, "m.pt")
+    assert rec["fooling_rate"] == pytest.approx(2 / 3) and rec["faces_judged"] == 3 and rec["errors"] == 3
+    assert rec["psnr_mean"] == pytest.approx(45.0)
+    assert rec["judges"]["fake"]["clean_accuracy"] == 0.75 and "per_face" not in rec["judges"]["fake"]
+    assert rec["robustness"]["jpeg85"]["fooling_rate"] == 0.25
+    assert rec["robustness"]["jpeg85"]["judges"]["fake"]["protection_rate"] == 0.0
+    json.dumps(rec)  # machine-readable as is
+    # the same setting at another eps -> a curve; a single-eps setting -> none
+    rows4 = [dict(r, eps=4.0, faces=[dict(f, fooled=False) for f in r["faces"]]) for r in rows]
+    rec4 = agg.run_record("r2", rows4)
+    curves = agg.eps_curves([rec, rec4])
+    assert curves == {"fgsm / m.pt": [(4.0, 0.0), (8.0, pytest.approx(2 / 3))]}
+    assert agg.eps_curves([rec]) == {}
+    table = agg.robustness_table([rec])
+    assert [t["transform"] for t in table] == ["none", "jpeg85"]
+    assert table[1]["fake_protection_rate"] == 0.0 and table[0]["fake_protection_rate"] == pytest.approx(1 / 3)
+
+
+def test_probes_and_surrogate_rule():
+    rows = handmade()
+    probes = probes_of(rows, "folder")
+    # ok rows with faces only; the labelled face is the probe; skipped/no_face/error are not probes
+    assert [p.key for p in probes] == ["A/1.jpg", "A/2.jpg", "B/1.png", "B/2.png"]
+    assert [p.identity for p in probes] == ["A", "A", "B", "B"]  # B/2 falls back to its folder
+    assert surrogate_fooled({"label": "A"}, "B") and not surrogate_fooled({"label": "A"}, "A")
+    assert surrogate_fooled({"label": None, "clean_pred": "A"}, "C")
+    assert surrogate_fooled({"label": "A"}, "T", target="T") and not surrogate_fooled({"label": "A"}, "A", target="T")
+
+
+def test_amplified_perturbation_panel():
+    clean = np.full((80, 80, 3), 100, np.uint8)
+    cloaked = clean.copy()
+    cloaked[30:40, 30:40] += 4
+    a, amp, b, gain = pan.panel(clean, cloaked, [20, 20, 60, 60], size=64)
+    assert a.shape == amp.shape == b.shape == (64, 64, 3)
+    assert gain == pytest.approx(127 / 4)
+    assert amp.max() == 255 and int(np.median(amp)) == 128  # zero perturbation -> mid grey
+    assert pan.amplify(clean, clean)[1] == 0.0
+    assert pan.eps_curve_png({"x": [(2, 0.1), (4, 0.5)]})[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- report over files
+
+
+class HighFreqJudge:
+    """A fake judge: mean colour of the face box (x10) and its horizontal high-frequency energy.
+    A fine checkerboard 'cloak' moves the embedding far away; a 0.5 downscale removes it."""
+
+    name = "fake"
+    metric = "euclidean"
+    threshold = 0.6
+
+    def embed(self, image, faces):
+        out = []
+        for f in faces:
+            x0, y0, x1, y1 = (int(round(float(v))) for v in np.asarray(f["box"])[:4])
+            c = image[max(y0, 0):y1, max(x0, 0):x1].astype(np.float64)
+            hf = np.abs(np.diff(c.mean(2), axis=1)).mean()
+            out.append(np.r_[c.reshape(-1, 3).mean(0) / 255 * 10, hf / 20])
+        return np.array(out, np.float32).reshape(len(faces), 4)
+
+
+class NoiseSurrogate:
+    """A fake surrogate: says Colin_Powell unless the face is full of pixel-level noise."""
+
+    classes = ["Colin_Powell", "Gerhard_Schroeder"]
+
+    def classify(self, rgb, boxes):
+        out = []
+        for b in boxes:
+            x0, y0, x1, y1 = (int(round(float(v))) for v in b[:4])
+            g = rgb[max(y0, 0):y1, max(x0, 0):x1].astype(np.float64).mean(2)
+            out.append("Gerhard_Schroeder" if np.abs(np.diff(g, axis=1)).mean() > 20 else "Colin_Powell")
+        return out
+
+
+def checkerboard(rgb, box, amp=30):
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = geometry.face_region(box, w, h)
+    out = rgb.astype(np.int32)
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    out[y0:y1, x0:x1] += ((((yy + xx) % 2) * 2 - 1) * amp)[..., None]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """SRC (4 fixture photos as PNG), DST with 2 'cloaked' (checkerboard) and 2 unchanged outputs,
+    and two hand-made runs (fgsm eps 4 and 8) with MTCNN's real boxes."""
+    from facepriv.faces import FaceDetector
+
+    base = tmp_path_factory.mktemp("report")
+    src, dst = base / "src", base / "dst"
+    det = FaceDetector()
+    rows = []
+    for ident in ("Colin_Powell", "Gerhard_Schroeder"):
+        for n in (1, 2):
+            key = f"{ident}/{ident}_000{n}.png"
+            rgb = np.asarray(Image.open(os.path.join(FIXTURES, ident, f"{ident}_000{n}.jpg")).convert("RGB"))
+            (src / ident).mkdir(parents=True, exist_ok=True)
+            (dst / ident).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb).save(src / key)
+            d = det.detect([rgb])[0]
+            i = geometry.nearest_to_centre(d.boxes, rgb.shape[1], rgb.shape[0])
+            out = checkerboard(rgb, d.boxes[i]) if n == 1 else rgb
+            Image.fromarray(out).save(dst / key)
+            judged = ident == "Colin_Powell"  # the fake surrogate only knows Colin when clean
+            f = {"box": [float(v) for v in d.boxes[i]], "prob": 0.99,
+                 "landmarks": [float(v) for v in d.landmarks[i].reshape(-1)], "label": ident,
+                 "clean_pred": "Colin_Powell", "cloaked_pred": "Gerhard_Schroeder" if n == 1 else "Colin_Powell",
+                 "judged": judged, "fooled": (n == 1) if judged else None, "redetected": True}
+            rows.append(manifest.empty_row(source_key=key, output_key=key, status="ok", format="PNG", faces=[f],
+                                           n_faces=1, psnr=30.0 if n == 1 else float("inf"), ssim=0.9 if n == 1 else 1.0,
+                                           attack="fgsm", eps=8.0, model="fake.pt", settings_json="{}",
+                                           width=rgb.shape[1], height=rgb.shape[0], t_total=1.0))
+    rows.append(manifest.empty_row(source_key="bad.jpg", output_key="bad.jpg", status="error",
+                                   reason="not an image: the content is no format Pillow can read", attack="fgsm",
+                                   eps=8.0, model="fake.pt"))
+    for rid, eps, fooled_scale in (("R8", 8.0, True), ("R4", 4.0, False)):
+        rr = [dict(r, run_id=rid, eps=eps, faces=[dict(f, fooled=(f["fooled"] and fooled_scale) if f["judged"] else None)
+                                                 for f in r["faces"]]) for r in rows]
+        (dst / "_facepriv" / "runs" / rid / "manifest").mkdir(parents=True)
+        (dst / "_facepriv" / "runs" / rid / "manifest" / "part-00000.parquet").write_bytes(manifest.table_bytes(rr))
+        (dst / "_facepriv" / "runs" / rid / "summary.json").write_text(json.dumps({"src": str(src), "eps": eps}))
+    return {"src": str(src), "dst": str(dst), "base": base}
+
+
+def evaluator(mode="evasion", transforms=("jpeg95", "down0.5"), src=None):
+    from facepriv.judges import Gallery
+
+    j = HighFreqJudge()
+    g = Gallery.from_folder(src, j)
+    ev = Evaluator([j], {"fake": g}, mode, list(transforms), "folder", progress=False)
+    ev._surrogates["fake.pt"] = NoiseSurrogate()
+    return ev
+
+
+@pytest.fixture(scope="module")
+def report(archive):
+    out = str(archive["base"] / "report")
+    ev = evaluator(src=archive["src"])
+    r = build_report([archive["dst"]], ReportSettings(judges=["fake"], gallery=archive["src"], out=out, sample=4),
+                     log=lambda m: None, evaluator=ev)
+    return r, out
+
+
+def test_report_judges_and_robustness(report):
+    r, out = report
+    runs = {x["run_id"]: x for x in r["runs"]}
+    assert set(runs) == {"R4", "R8"}
+    r8 = runs["R8"]
+    assert (r8["attack"], r8["eps"], r8["model"]) == ("fgsm", 8, "fake.pt")
+    assert r8["fooling_rate"] == 0.5 and r8["faces_judged"] == 2 and r8["errors"] == 1  # from the manifest
+    assert r8["psnr_mean"] == pytest.approx(30.0) and r8["ssim_mean"] == pytest.approx(0.95)
+    j = r8["judges"]["fake"]
+    # every clean probe is enrolled -> recognised; the two checkerboard outputs evade, the copies do not
+    assert (j["faces"], j["clean_accuracy"], j["protection_rate"]) == (4, 1.0, 0.5)
+    rob = r8["robustness"]
+    assert set(rob) == {"jpeg95", "down0.5"}
+    assert rob["jpeg95"]["judges"]["fake"]["protection_rate"] == 0.5  # JPEG q95 keeps the checkerboard
+    assert rob["down0.5"]["judges"]["fake"]["protection_rate"] == 0.0  # downscaling removes it
+    # surrogate: judged faces are Colin's two; noise -> fooled, clean copy -> not
+    assert (rob["jpeg95"]["judged"], rob["jpeg95"]["fooled"], rob["jpeg95"]["fooling_rate"]) == (2, 1, 0.5)
+    assert rob["down0.5"]["fooling_rate"] == 0.0
+    assert runs["R4"]["fooling_rate"] == 0.0  # its manifest says nothing was fooled
+    # eps curve over the two runs, outputs written, Parquet tables readable
+    assert r["eps_curves"]["fgsm / fake.pt"] == [[4.0, 0.0], [8.0, 0.5]]
+    for name in ("report.json", "index.html", "runs.parquet", "robustness.parquet", "judged_faces.parquet",
+                 "fooling_by_identity.parquet", "fooling_by_format.parquet", "errors.parquet", "photos.parquet"):
+        assert os.path.exists(os.path.join(out, name)), name
+    faces = pq.read_table(os.path.join(out, "judged_faces.parquet")).to_pylist()
+    assert len(faces) == 8 and {f["fake_protected"] for f in faces if f["run_id"] == "R8"} == {True, False}
+    on_disk = json.load(open(os.path.join(out, "report.json")))
+    assert on_disk["runs"][0]["judges"]["fake"]["protection_rate"] in (0.5,)
+    page = open(os.path.join(out, "index.html")).read()
+    assert page.count("data:image/png;base64,") >= 1 + 4  # the curve and the panels
+    assert "Colin_Powell_0001.png" in page and "fake protection rate" in page
+
+
+def test_poisoning_mode(archive):
+    ev = evaluator("poisoning", transforms=(), src=archive["src"])
+    rows = manifest.rows_from_table(manifest.read_manifest(
+        __import__("fsspec").filesystem("file"), os.path.join(archive["dst"], "_facepriv", "runs", "R8")))
+    from facepriv.archive import Archive
+
+    res = ev.evaluate(rows, Archive(archive["src"], {}), Archive(archive["dst"], {}))
+    j = res.judges["fake"]
+    # gallery = the run's cloaked outputs; probes = the 4 clean --gallery photos. A clean probe whose
+    # own enrolment is a checkerboard is matched by the identity's other (unchanged) photo instead.
+    assert j["mode"] == "poisoning" and j["faces"] == 4 and j["clean_accuracy"] == 1.0
+    assert 0.0 <= j["protection_rate"] <= 1.0
+
+
+def test_cli_without_judges(archive, tmp_path, capsys):
+    from facepriv.cli import main
+
+    out = str(tmp_path / "rep")
+    assert main(["report", archive["dst"], "--no-robustness", "--out", out, "--no-progress", "--sample", "1"]) == 0
+    assert "R8" in capsys.readouterr().out
+    rep = json.load(open(os.path.join(out, "report.json")))
+    assert [r["judges"] for r in rep["runs"]] == [{}, {}] and rep["transforms"] == []
+    assert main(["report", str(tmp_path / "nothing")]) == 2  # no runs: a usage error, not a crash
+
+
+# --------------------------------------------------------------------------- HTML in Chromium
+
+
+def chromium():
+    for c in ("chromium", "chromium-browser", "google-chrome"):
+        p = shutil.which(c)
+        if p:
+            return p
+    return None
+
+
+@pytest.mark.skipif(chromium() is None, reason="chromium is not installed (apt-get install chromium)")
+def test_index_html_renders_in_headless_chromium(report, tmp_path):
+    _, out = report
+    shot = tmp_path / "out.png"
+    profile = tempfile.mkdtemp()
+    try:
+        subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1200,1600",
+                        "file://" + os.path.join(out, "index.html")], check=True, timeout=120,
+                       capture_output=True)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(np.float64)
+    assert img.shape[:2] == (1600, 1200)
+    assert img.std() > 20  # not blank: text, tables and face panels
+    # the face panels put colour on the page (a blank or text-only page is nearly grey)
+    sat = img.max(2) - img.min(2)
+    assert (sat > 60).mean() > 0.01
