@@ -125,26 +125,37 @@ def main(argv: list[str] | None = None) -> int:
             for e in args.fgsm_eps]
     plan.append((f"pgd-eps{args.pgd_eps:g}", CloakSettings(model=model, attack="pgd", eps=args.pgd_eps,
                                                             labels="folder")))
-    for name, settings in plan:
-        dst = f"{out}/runs/{name}"
+    settings_of = dict(plan)
+    run_ids: dict[str, str] = {}
+
+    def cloak(name: str) -> None:
+        """Cloak the test photos for one plan entry (or reuse a finished run with --reuse)."""
         import glob
 
-        if args.reuse and glob.glob(f"{dst}/_facepriv/runs/*/summary.json"):  # a finished run
-            log(f"reusing {dst}")
+        dst = f"{out}/runs/{name}"
+        done = sorted(glob.glob(f"{dst}/_facepriv/runs/*/summary.json"))
+        if args.reuse and done:
+            run_ids[name] = os.path.basename(os.path.dirname(done[-1]))
+            log(f"reusing {dst} (run {run_ids[name]})")
         else:
-            log(f"cloaking {test_dir} -> {dst} ({settings.attack}, eps {settings.eps:g})")
+            st = settings_of[name]
+            log(f"cloaking {test_dir} -> {dst} ({st.attack}, eps {st.eps:g})")
             t = time.time()
-            s = run_in_process(test_dir, dst, settings)
+            s = run_in_process(test_dir, dst, st)
+            run_ids[name] = s["run_id"]
             log(f"  {s['inputs']} photos, {s['faces_judged']} judged faces, fooling rate "
                 f"{rate_str(s['fooling_rate'])}, {time.time() - t:.0f}s")
         runs[name] = dst
 
-    # test accuracy: the surrogate's clean accuracy on the labelled test faces (any run: same clean pass)
+    # the PGD run first (the acceptance numbers), then FGSM by eps: each is cloaked, then reported
+    order = [plan[-1][0]] + [n for n, _ in plan[:-1]]
+    cloak(order[0])
+    # test accuracy: the surrogate's clean accuracy on the labelled test faces (every run: same clean pass)
     from facepriv import manifest as mf
     from facepriv.archive import Archive
 
-    first = Archive(runs[plan[0][0]], {})
-    rows = mf.rows_from_table(mf.read_manifest(first.fs, f"{first.root}/_facepriv/runs"))
+    first = Archive(runs[order[0]], {})
+    rows = mf.rows_from_table(mf.read_manifest(first.fs, f"{first.root}/_facepriv/runs/{run_ids[order[0]]}"))
     labelled = [f for r in rows if r["status"] == "ok" for f in (r["faces"] or []) if f.get("label")]
     test_acc = (sum(f.get("clean_pred") == f["label"] for f in labelled) / len(labelled)) if labelled else None
 
@@ -174,13 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     # one report per run, the PGD run first with every transform (the acceptance numbers), then the
     # FGSM runs with jpeg85; the table is rewritten after each, so a long job leaves partial results
     ev = Evaluator(jl, galleries, "evasion", [], "folder", progress=True)
-    order = [plan[-1][0]] + [n for n, _ in plan[:-1]]
     results: dict[str, dict] = {}
     for name in order:
+        if name not in runs:
+            cloak(name)
         ev.transforms = list(args.transforms) if name.startswith("pgd") else ["jpeg85"]
         log(f"report for {name} (judges {', '.join(jn)}; transforms {' '.join(ev.transforms)})")
         rep = build_report([runs[name]], ReportSettings(judges=judges, gallery=train_dir, sample=8,
-                                                        transforms=list(ev.transforms)), log=log, evaluator=ev)
+                                                        transforms=list(ev.transforms), run_ids=[run_ids[name]]),
+                           log=log, evaluator=ev)
         results[name] = rep["runs"][0]
         table["reports"][name] = rep["written_to"]
         if name.startswith("pgd"):
@@ -197,9 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         dst = f"{out}/runs/uap"
         try:
             run_uap(train_dir, test_dir, model, f"{out}/uap.npy", dst, args)
+            import glob
+
+            run_ids["uap"] = os.path.basename(os.path.dirname(sorted(glob.glob(f"{dst}/_facepriv/runs/*/summary.json"))[-1]))
             ev.transforms = ["jpeg85"]
-            rep = build_report([dst], ReportSettings(judges=judges, gallery=train_dir, sample=8,
-                                                     transforms=["jpeg85"]), log=log, evaluator=ev)
+            rep = build_report([dst], ReportSettings(judges=judges, gallery=train_dir, sample=8, transforms=["jpeg85"],
+                                                     run_ids=[run_ids["uap"]]), log=log, evaluator=ev)
             runs["uap"] = dst
             results["uap"] = rep["runs"][0]
             table["reports"]["uap"] = rep["written_to"]
@@ -212,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
 
     log("report over every run (evaluations reused)")
     report = build_report(list(runs.values()), ReportSettings(judges=judges, gallery=train_dir, sample=2,
-                                                              out=f"{out}/report"), log=log, evaluator=ev)
+                                                              out=f"{out}/report", run_ids=list(run_ids.values())),
+                          log=log, evaluator=ev)
     table["reports"]["all_runs"] = report["written_to"]
     md = write_table()
     print(md)
