@@ -323,3 +323,54 @@ def test_index_html_renders_in_headless_chromium(report, tmp_path):
     # the face panels put colour on the page (a blank or text-only page is nearly grey)
     sat = img.max(2) - img.min(2)
     assert (sat > 60).mean() > 0.01
+
+
+# --------------------------------------------------------------------------- S3
+
+
+def test_report_on_s3_archives(archive):
+    """The same report with SRC and DST in S3 (moto's server on loopback), written back to DST."""
+    pytest.importorskip("moto")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    env = {"AWS_ACCESS_KEY_ID": "AKIAREPORTTEST", "AWS_SECRET_ACCESS_KEY": "report-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in [*env, "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]}
+    os.environ.update(env)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
+        client = boto3.client("s3", endpoint_url=endpoint)
+        for bucket, root in (("rsrc", archive["src"]), ("rdst", archive["dst"])):
+            client.create_bucket(Bucket=bucket)
+            for dirpath, _, files in os.walk(root):
+                for f in files:
+                    path = os.path.join(dirpath, f)
+                    key = os.path.relpath(path, root)
+                    if key.startswith("_facepriv/report"):
+                        continue
+                    data = open(path, "rb").read()
+                    if f == "summary.json":
+                        data = json.dumps(dict(json.loads(data), src="s3://rsrc")).encode()
+                    client.put_object(Bucket=bucket, Key=key, Body=data)
+        ev = evaluator(transforms=("jpeg85",), src=archive["src"])
+        r = build_report(["s3://rdst"], ReportSettings(judges=["fake"], gallery=archive["src"], sample=2,
+                                                       run_ids=["R8"]), log=lambda m: None, evaluator=ev)
+        run = r["runs"][0]
+        assert run["src"] == "s3://rsrc" and run["fooling_rate"] == 0.5
+        assert run["judges"]["fake"]["protection_rate"] == 0.5
+        assert run["robustness"]["jpeg85"]["judges"]["fake"]["protection_rate"] == 0.5
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket="rdst", Prefix="_facepriv/report/")["Contents"]}
+        assert {"_facepriv/report/report.json", "_facepriv/report/index.html"} <= keys
+        assert "rsrc" not in {b["Name"] for b in client.list_buckets()["Buckets"]} or not [
+            o for o in client.list_objects_v2(Bucket="rsrc").get("Contents", []) if "_facepriv" in o["Key"]]
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
