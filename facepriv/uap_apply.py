@@ -9,13 +9,17 @@ used only to judge the written files.
 Resizing is bilinear (align_corners=False), antialiased when the box is smaller than S, the
 same resampling `geometry.crop_resize` uses, so cropping the cloaked face back to S x S
 recovers approximately v (exactly only when the box is S x S).
+
+Caveat (measured on lfw50 with paper-cnn, issue 4): a v from Algorithm 1 is a pixel-grid
+pattern. It fools 0.80 of the 160 x 160 training crops and 0.84 of held-out crops in memory,
+but resampled 160 -> 122 -> 160 (a typical lfw face box) it fools ~0.02 of them and shifted
+by 1 px 0.33, so the fooling rate judged on written photos is far lower (0.07-0.13).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import hashlib
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

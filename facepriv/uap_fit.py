@@ -328,7 +328,7 @@ def fit_distributed(model_path, crops_path: str, size: int, settings: FitSetting
             fooled, total = ray.get(coord.fooling.remote())
             log(f"resuming after pass {len(history)}: fooling rate of the saved v {fooled / max(total, 1):.3f}")
             if total and fooled / total >= 1 - settings.delta:
-                return np.asarray(v0, np.float32), history
+                return np.array(v0, np.float32), history
         while len(history) < settings.max_passes:
             rec = ray.get(coord.next_pass.remote())
             v, history = ray.get(coord.state.remote())
@@ -338,7 +338,7 @@ def fit_distributed(model_path, crops_path: str, size: int, settings: FitSetting
             if rec["fooling_rate"] >= 1 - settings.delta:
                 break
         v, history = ray.get(coord.state.remote())
-        return np.asarray(v, np.float32), list(history)
+        return np.array(v, np.float32), list(history)
     finally:
         for a in [coord, *ws]:
             ray.kill(a)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from facepriv import crops as crops_mod
-from facepriv.attacks.uap import merge_updates, universal_perturbation
+from facepriv.attacks.uap import merge_updates
 from facepriv.errors import FacePrivError
 from facepriv.uap_fit import FitSettings, fit_distributed, fit_local, load_state, paths, save_outputs
 
@@ -114,7 +114,7 @@ def test_distributed_fit_matches_single_process(tmp_path, toy):
     # the recorded rate is the merged v's, aggregated over both shards
     from facepriv.attacks.uap import fooling_rate
 
-    assert h2[-1]["fooling_rate"] == pytest.approx(fooling_rate(net, faces, torch.from_numpy(v2)))
+    assert h2[-1]["fooling_rate"] == pytest.approx(fooling_rate(net, faces, torch.from_numpy(v2.copy())))
     # outputs: npy, png, history parquet, json sidecar
     p = paths(out1)
     assert np.load(p["npy"]).dtype == np.float32 and np.load(p["npy"]).shape == (3, SIZE, SIZE)
