@@ -2,9 +2,20 @@
 step sizes are given in 0-255 units, as users think of them. One attack per module.
 """
 
+from .deepfool import DeepFoolResult, deepfool
 from .fgsm import fgsm
 from .pgd import pgd
+from .uap import (
+    ShardResult,
+    fooling_rate,
+    merge_updates,
+    pass_seed,
+    project,
+    uap_pass_shard,
+    universal_perturbation,
+)
 
-ATTACKS = ("fgsm", "pgd")
+ATTACKS = ("fgsm", "pgd")  # per-image attacks; the universal perturbation is applied as "uap"
 
-__all__ = ["fgsm", "pgd", "ATTACKS"]
+__all__ = ["fgsm", "pgd", "deepfool", "DeepFoolResult", "universal_perturbation", "uap_pass_shard",
+           "ShardResult", "merge_updates", "project", "fooling_rate", "pass_seed", "ATTACKS"]
