@@ -70,24 +70,60 @@ def pack(regions: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+# Crop jitter views (dx, dy as a fraction of the box side; ds a scale factor): the shifts and
+# scale changes that re-detecting a face in the written file typically gives.
+JITTER_VIEWS: tuple[tuple[float, float, float], ...] = (
+    (0.0, 0.0, 1.0), (0.03, 0.0, 1.0), (-0.03, 0.0, 1.0), (0.0, 0.03, 1.0), (0.0, -0.03, 1.0),
+    (0.0, 0.0, 1.05), (0.0, 0.0, 0.95),
+)
+
+
+def jitter_box(box: Sequence[int], view: tuple[float, float, float], width: int, height: int) -> tuple[int, int, int, int]:
+    """Shift and scale an integer box by a jitter view, clamped to (width, height)."""
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0)
+    dx, dy, ds = view
+    cx, cy = (x0 + x1) / 2 + dx * side, (y0 + y1) / 2 + dy * side
+    hw, hh = (x1 - x0) * ds / 2, (y1 - y0) * ds / 2
+    return int_box((cx - hw, cy - hh, cx + hw, cy + hh), width, height)
+
+
 class CropModel(nn.Module):
     """net(crop_resize(x, boxes)): a model over packed face regions.
 
-    `boxes` are the crop boxes in each region's own coordinates. `select(idx)` gives the
-    same model for a subset of faces (attacks use it to skip faces already fooled).
+    `boxes` are the crop boxes in each region's own coordinates; `sizes` the regions' (h, w)
+    (needed only with jitter views). With `views`, the logits are averaged over crops jittered
+    by each view (expectation over transformations), so a cloak crafted through it survives the
+    slightly different box that re-detection of the written file gives. `select(idx)` gives
+    the same model for a subset of faces (attacks use it to skip faces already fooled).
     """
 
-    def __init__(self, net: nn.Module, boxes: Sequence[Sequence[int]], size: int | None = None):
+    def __init__(self, net: nn.Module, boxes: Sequence[Sequence[int]], size: int | None = None,
+                 views: Sequence[tuple[float, float, float]] | None = None,
+                 sizes: Sequence[tuple[int, int]] | None = None):
         super().__init__()
         self.net = net
         self.boxes = [tuple(int(v) for v in b) for b in boxes]
         self.size = int(size or getattr(net, "input_size", 160))
+        self.views = list(views) if views else []
+        self.sizes = list(sizes) if sizes is not None else None
+        if self.views and self.sizes is None:
+            raise ValueError("jitter views need the regions' sizes")
+        self._view_boxes = [
+            [jitter_box(b, v, w, h) for b, (h, w) in zip(self.boxes, self.sizes)] for v in self.views
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(crop_resize(x, self.boxes, self.size))
+        if not self.views:
+            return self.net(crop_resize(x, self.boxes, self.size))
+        n = len(self.views)
+        crops = torch.cat([crop_resize(x, vb, self.size) for vb in self._view_boxes])
+        return self.net(crops).view(n, x.shape[0], -1).mean(0)
 
     def select(self, idx: Sequence[int]) -> "CropModel":
-        return CropModel(self.net, [self.boxes[int(i)] for i in idx], self.size)
+        idx = [int(i) for i in idx]
+        return CropModel(self.net, [self.boxes[i] for i in idx], self.size, self.views,
+                         [self.sizes[i] for i in idx] if self.sizes is not None else None)
 
 
 def nearest_to_centre(boxes: np.ndarray, width: int, height: int) -> int:

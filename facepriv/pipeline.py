@@ -44,6 +44,7 @@ class CloakSettings:
     steps: int = 10  # pgd iterations
     alpha: float | None = None  # pgd step, 0-255 units (default max(eps/4, 1))
     kappa: float = 1.0  # pgd early stop once the face is fooled by this many logits
+    views: int = 5  # crop-jitter views averaged per gradient (1 = plain crop)
     target: str | None = None  # targeted attack: move every face to this class
     labels: str = "none"  # none | folder
     jpeg_quality: int = 95

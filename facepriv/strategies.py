@@ -62,9 +62,11 @@ class _ClassifierAttack:
 
     def _setup(self, chunk: list[FaceItem]):
         x = geometry.pack([it.pixels for it in chunk])
-        model = geometry.CropModel(self.net, [it.crop for it in chunk])
         with torch.no_grad():
-            clean = model(x).argmax(1)
+            clean = geometry.CropModel(self.net, [it.crop for it in chunk])(x).argmax(1)
+        views = geometry.JITTER_VIEWS[: max(1, self.s.views)] if self.s.views > 1 else None
+        model = geometry.CropModel(self.net, [it.crop for it in chunk], views=views,
+                                   sizes=[tuple(it.pixels.shape[1:]) for it in chunk])
         y = torch.tensor([it.target if it.target is not None else int(c) for it, c in zip(chunk, clean)],
                          device=x.device)
         return x, model, y
