@@ -47,6 +47,9 @@ def add_cloak_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--eps", type=float, default=8.0, help="L-inf budget in 0-255 pixel units (default 8)")
     a.add_argument("--steps", type=int, default=10, help="pgd iterations (default 10)")
     a.add_argument("--alpha", type=float, default=None, help="pgd step in 0-255 units (default max(eps/4, 1))")
+    a.add_argument("--views", type=int, default=5,
+                   help="crop-jitter views averaged per gradient (1-7; default 5), so the cloak survives the "
+                        "slightly different face box found when the written file is re-detected")
     a.add_argument("--kappa", type=float, default=1.0,
                    help="pgd keeps stepping until the face is fooled by this logit margin (default 1.0), "
                         "so the cloak survives quantisation and JPEG")
@@ -98,7 +101,7 @@ def settings_from_args(args: argparse.Namespace):
         prepare_args(args)  # --uap required; eps = the perturbation's size; extra records the file
     return CloakSettings(
         model=args.model, attack=args.attack, eps=args.eps, steps=args.steps, alpha=args.alpha,
-        kappa=args.kappa, target=args.target, labels=args.labels, jpeg_quality=args.jpeg_quality,
+        kappa=args.kappa, views=args.views, target=args.target, labels=args.labels, jpeg_quality=args.jpeg_quality,
         keep_metadata=args.keep_metadata, min_face_size=args.min_face_size, thresholds=tuple(args.thresholds),
         min_prob=args.min_prob, max_pixels=args.max_pixels, face_batch=args.face_batch,
         judge=not args.no_judge, device=args.device, extra=getattr(args, "extra", None) or {},
