@@ -1,0 +1,171 @@
+"""Core invariants: attacks, geometry, manifest round-trip, checkpoints, CLI end to end on local Ray."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from facepriv import geometry, manifest
+from facepriv.attacks import fgsm, pgd
+from facepriv.errors import CheckpointError
+from facepriv.models import load_checkpoint, save_checkpoint
+from facepriv.models.paper_cnn import PaperCNN
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample"
+
+
+def _model(n=5, seed=0):
+    torch.manual_seed(seed)
+    return PaperCNN(n).eval()
+
+
+def _x(b=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(b, 3, 160, 160, generator=g) * 255).round() / 255
+
+
+def test_paper_cnn_matches_fig6_parameter_counts():
+    m = PaperCNN(55)
+    counts = [p.numel() for p in m.parameters()]
+    assert sum(counts) == 1_083_335  # the figure's total for 55 classes
+    assert m(torch.zeros(2, 3, 160, 160)).shape == (2, 55)
+
+
+def test_fgsm_within_eps_clamped_quantised_and_loss_rises():
+    m, x = _model(), _x()
+    y = m(x).argmax(1)
+    adv = fgsm(m, x, y, eps=8)
+    d = (adv - x).abs().max().item() * 255
+    assert d <= 8 + 1e-3
+    assert adv.min() >= 0 and adv.max() <= 1
+    # from quantised pixels a step of 8/255 lands on quantised pixels (or the clamp)
+    q = adv * 255
+    assert torch.allclose(q, q.round(), atol=1e-3)
+    with torch.no_grad():
+        assert F.cross_entropy(m(adv), y) > F.cross_entropy(m(x), y)
+
+
+def test_targeted_fgsm_lowers_target_loss():
+    m, x = _model(), _x()
+    t = torch.full((len(x),), 3)
+    adv = fgsm(m, x, t, eps=4, targeted=True)
+    with torch.no_grad():
+        assert F.cross_entropy(m(adv), t) < F.cross_entropy(m(x), t)
+
+
+def test_pgd_within_eps_and_early_stop():
+    m, x = _model(), _x()
+    y = m(x).argmax(1)
+    adv, used = pgd(m, x, y, eps=4, steps=10)
+    assert (adv - x).abs().max().item() * 255 <= 4 + 1e-3
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert used.max() <= 10
+    with torch.no_grad():
+        logits = m(adv)
+    # a face that stopped early is fooled
+    early = used < 10
+    assert (logits.argmax(1)[early] != y[early]).all()
+    with torch.no_grad():
+        assert F.cross_entropy(logits, y) > F.cross_entropy(m(x), y)
+
+
+def test_crop_model_gradients_reach_region_pixels_and_select():
+    net = _model()
+    regions = [torch.rand(3, 120, 100), torch.rand(3, 90, 140)]
+    x = geometry.pack(regions).requires_grad_(True)
+    boxes = [(10, 10, 90, 110), (20, 5, 100, 85)]
+    cm = geometry.CropModel(net, boxes, views=geometry.JITTER_VIEWS[:3],
+                            sizes=[tuple(r.shape[1:]) for r in regions])
+    cm(x).sum().backward()
+    g = x.grad.abs()
+    assert g[0, :, 10:110, 10:90].sum() > 0
+    assert g[0, :, 115:, :].sum() == 0  # outside the crop (and padding) untouched
+    sub = cm.select([1])
+    assert torch.allclose(sub(x[1:2]), cm(x)[1:2], atol=1e-5)
+
+
+def test_geometry_boxes():
+    b = geometry.square_box([10, 20, 30, 60])
+    assert np.allclose(b[2] - b[0], 40) and np.allclose(b[3] - b[1], 40)
+    assert geometry.int_box([-5, -5, 500, 500], 100, 80) == (0, 0, 100, 80)
+    assert geometry.nearest_to_centre(np.array([[0, 0, 10, 10], [45, 45, 55, 55]], np.float32), 100, 100) == 1
+    assert np.isclose(geometry.iou(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10]]))[0, 0], 1 / 3)
+
+
+def test_manifest_round_trip(tmp_path):
+    row = manifest.empty_row(run_id="r", source_key="a/b.jpg", status="ok", n_faces=1, psnr=40.0,
+                             faces=[{"box": [1, 2, 3, 4], "prob": 0.99, "landmarks": [0.0] * 10,
+                                     "fooled": True, "judged": True, "clean_pred": "A", "cloaked_pred": "B"}])
+    data = manifest.table_bytes([row])
+    t = pq.read_table(io.BytesIO(data))
+    assert t.schema.equals(manifest.SCHEMA)
+    back = t.to_pylist()[0]
+    assert back["source_key"] == "a/b.jpg" and back["faces"][0]["cloaked_pred"] == "B"
+    assert back["faces"][0]["box"] == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_checkpoint_round_trip_and_bad_files(tmp_path):
+    m = _model(3)
+    p = tmp_path / "m.pt"
+    sha = save_checkpoint(str(p), m, "paper-cnn", ["a", "b", "c"], train_acc=0.5)
+    L = load_checkpoint(str(p))
+    assert L.sha256 == sha and L.classes == ["a", "b", "c"] and L.meta["train_acc"] == 0.5
+    x = _x(2)
+    assert torch.allclose(L.model(x), m(x), atol=1e-5)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt or not a facepriv checkpoint"):
+        load_checkpoint(str(bad))
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a facepriv checkpoint"):
+        load_checkpoint(str(tmp_path / "other.pt"))
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(str(tmp_path / "missing.pt"))
+
+
+@pytest.mark.slow
+def test_cli_cloak_end_to_end_on_local_ray(tmp_path, capsys):
+    """Cloak a few real photos (incl. a no-face photo and an RGBA PNG) on local Ray, judge on files."""
+    from facepriv.cli import main
+
+    src = tmp_path / "src"
+    for name in ("Colin_Powell", "Tony_Blair"):
+        (src / name).mkdir(parents=True)
+        for f in sorted((SAMPLE / "test" / name).iterdir())[:2]:
+            shutil.copy(f, src / name / f.name)
+    shutil.copy(SAMPLE / "test" / "landscape_noface.jpg", src / "landscape_noface.jpg")
+    shutil.copy(SAMPLE / "test" / "portrait_rgba.png", src / "portrait_rgba.png")
+    classes = sorted(p.name for p in (SAMPLE / "train").iterdir())
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(str(ckpt), _model(len(classes)), "paper-cnn", classes)
+    dst = tmp_path / "dst"
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    rc = main([
+        "cloak", str(src), str(dst), "--model", str(ckpt), "--attack", "pgd", "--eps", "4", "--steps", "3",
+        "--views", "1", "--workers", "1", "--no-progress"])
+    assert rc == 0
+    runs = list((dst / "_facepriv" / "runs").iterdir())
+    assert len(runs) == 1
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert summary["inputs"] == 6 and summary["errors"] == 0 and summary["no_face"] == 1
+    rows = pq.read_table(runs[0] / "manifest").to_pylist()
+    assert sorted(r["source_key"] for r in rows) == sorted(
+        str(p.relative_to(src)) for p in src.rglob("*") if p.is_file())
+    for r in rows:
+        out = Image.open(dst / r["source_key"])
+        orig = Image.open(src / r["source_key"])
+        assert out.size == orig.size and out.format == orig.format
+        if r["status"] == "ok":
+            assert r["faces"] and all(f["cloaked_pred"] is not None for f in r["faces"])
+    assert Image.open(dst / "portrait_rgba.png").mode == "RGBA"
+    assert (src / "Colin_Powell").exists() and not (src / "_facepriv").exists()
