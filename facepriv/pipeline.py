@@ -45,6 +45,7 @@ class CloakSettings:
     alpha: float | None = None  # pgd step, 0-255 units (default max(eps/4, 1))
     kappa: float = 1.0  # pgd early stop once the face is fooled by this many logits
     views: int = 5  # crop-jitter views averaged per gradient (1 = plain crop)
+    simulate_write: bool = True  # attack what the file will hold (uint8, JPEG round trip)
     target: str | None = None  # targeted attack: move every face to this class
     labels: str = "none"  # none | folder
     jpeg_quality: int = 95
@@ -211,6 +212,9 @@ class Cloaker:
             img = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div_(255)
             for i, box in enumerate(p.det.boxes):
                 rx0, ry0, rx1, ry1 = geometry.face_region(box, w, h, self.settings.region_margin)
+                # align the region to the 8x8 JPEG grid, so a region's JPEG round trip is the file's
+                rx0, ry0 = rx0 - rx0 % 8, ry0 - ry0 % 8
+                rx1, ry1 = min(w, rx1 + (-rx1) % 8), min(h, ry1 + (-ry1) % 8)
                 cx0, cy0, cx1, cy1 = geometry.int_box(geometry.square_box(box), w, h)
                 origin = np.array([rx0, ry0], np.float32)
                 items.append(FaceItem(

@@ -8,11 +8,13 @@ Attack modules register here; the pipeline knows nothing about individual attack
 from __future__ import annotations
 
 from collections.abc import Callable
+import io
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from . import geometry
 from .attacks import fgsm, pgd
@@ -65,11 +67,44 @@ class _ClassifierAttack:
         with torch.no_grad():
             clean = geometry.CropModel(self.net, [it.crop for it in chunk])(x).argmax(1)
         views = geometry.JITTER_VIEWS[: max(1, self.s.views)] if self.s.views > 1 else None
-        model = geometry.CropModel(self.net, [it.crop for it in chunk], views=views,
-                                   sizes=[tuple(it.pixels.shape[1:]) for it in chunk])
+        sizes = [tuple(it.pixels.shape[1:]) for it in chunk]
+        model = geometry.CropModel(self.net, [it.crop for it in chunk], views=views, sizes=sizes)
+        if getattr(self.s, "simulate_write", False):
+            q = [self.s.jpeg_quality if getattr(it.photo.decoded, "format", None) == "JPEG" else None for it in chunk]
+            model = WrittenModel(model, sizes, q)
         y = torch.tensor([it.target if it.target is not None else int(c) for it, c in zip(chunk, clean)],
                          device=x.device)
         return x, model, y
+
+
+class WrittenModel(torch.nn.Module):
+    """model(what the written file will hold): each face region is quantised to uint8 and, for
+    JPEG outputs, round-tripped through the real encoder at the output quality (regions are
+    aligned to the 8x8 JPEG grid, so this is what the file holds). Gradients pass straight
+    through the non-differentiable step (BPDA), so PGD optimises the written pixels."""
+
+    def __init__(self, inner, sizes, qualities):
+        super().__init__()
+        self.inner, self.sizes, self.qualities = inner, list(sizes), list(qualities)
+
+    def _written(self, x: torch.Tensor) -> torch.Tensor:
+        out = (x * 255).round() / 255
+        for i, ((h, w), q) in enumerate(zip(self.sizes, self.qualities)):
+            if q is None:
+                continue
+            region = (x[i, :, :h, :w].detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+            buf = io.BytesIO()
+            Image.fromarray(region).save(buf, format="JPEG", quality=q, subsampling=0 if q >= 90 else 2)
+            back = np.array(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+            out[i, :, :h, :w] = torch.from_numpy(back).to(x.device).permute(2, 0, 1).float() / 255
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x + (self._written(x) - x).detach())
+
+    def select(self, idx):
+        idx = [int(i) for i in idx]
+        return WrittenModel(self.inner.select(idx), [self.sizes[i] for i in idx], [self.qualities[i] for i in idx])
 
 
 @register("fgsm")
