@@ -29,15 +29,9 @@ CLASSES = ["Colin_Powell", "Gerhard_Schroeder"]
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> str:
     """A random paper-cnn checkpoint: robustness does not need a trained surrogate."""
-    import torch
+    from helpers import random_checkpoint
 
-    from facepriv.models.checkpoint import save_checkpoint
-    from facepriv.models.registry import build_model
-
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("model") / "rand.pt")
-    save_checkpoint(path, build_model("paper-cnn", len(CLASSES)), "paper-cnn", CLASSES)
-    return path
+    return random_checkpoint(str(tmp_path_factory.mktemp("model") / "rand.pt"), CLASSES)
 
 
 def rows_of(dst: Path, run_id: str) -> list[dict]:

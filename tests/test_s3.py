@@ -80,15 +80,9 @@ def archive(url: str, endpoint: str) -> Archive:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> str:
-    import torch
+    from helpers import random_checkpoint
 
-    from facepriv.models.checkpoint import save_checkpoint
-    from facepriv.models.registry import build_model
-
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("model") / "rand.pt")
-    save_checkpoint(path, build_model("paper-cnn", len(CLASSES)), "paper-cnn", CLASSES)
-    return path
+    return random_checkpoint(str(tmp_path_factory.mktemp("model") / "rand.pt"), CLASSES)
 
 
 def corpus_objects() -> tuple[dict[str, bytes], dict[str, hostile.Expect]]:

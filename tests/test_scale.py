@@ -34,15 +34,9 @@ CLASSES = ["Colin_Powell", "Kofi_Annan", "Laura_Bush"]
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> str:
     """A random paper-cnn checkpoint (scheduling and bookkeeping do not need a trained one)."""
-    import torch
+    from helpers import random_checkpoint
 
-    from facepriv.models.checkpoint import save_checkpoint
-    from facepriv.models.registry import build_model
-
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("model") / "rand.pt")
-    save_checkpoint(path, build_model("paper-cnn", len(CLASSES)), "paper-cnn", CLASSES)
-    return path
+    return random_checkpoint(str(tmp_path_factory.mktemp("model") / "rand.pt"), CLASSES)
 
 
 def photos(dst: Path, n: int, skip: int = 0) -> list[str]:
