@@ -9,9 +9,31 @@ import torch
 import torch.nn.functional as F
 
 
+def changed_box(a: np.ndarray, b: np.ndarray, pad: int = 0) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1) bounding the pixels where a and b differ, grown by pad and clamped;
+    None when they are equal. A cloak changes only face regions, so the metrics below work
+    on this box instead of the whole photo (a 14-megapixel photo with a few faces costs the
+    faces, not the photo) and give the same numbers (PSNR exactly; SSIM to ~1e-7, the rounding
+    of a float32 mean over the whole map)."""
+    diff = a != b
+    if diff.ndim == 3:
+        diff = diff.any(2)
+    rows, cols = np.flatnonzero(diff.any(1)), np.flatnonzero(diff.any(0))
+    if len(rows) == 0:
+        return None
+    h, w = diff.shape
+    return (max(0, int(rows[0]) - pad), min(h, int(rows[-1]) + 1 + pad),
+            max(0, int(cols[0]) - pad), min(w, int(cols[-1]) + 1 + pad))
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB between two uint8 images of equal shape (inf when identical)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    box = changed_box(a, b)
+    if box is None:
+        return math.inf
+    y0, y1, x0, x1 = box  # outside the box the difference is 0: the sum is exact either way
+    sq = float(np.sum((a[y0:y1, x0:x1].astype(np.float64) - b[y0:y1, x0:x1].astype(np.float64)) ** 2))
+    mse = sq / a.size
     return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
@@ -30,9 +52,17 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
             x = x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
         return torch.from_numpy(x)[None, None]
 
-    x, y = luma(a), luma(b)
-    if min(x.shape[-2:]) < 11:
-        return 1.0 if np.array_equal(a, b) else float(_ssim_global(x, y))
+    if min(a.shape[:2]) < 11:
+        return 1.0 if np.array_equal(a, b) else float(_ssim_global(luma(a), luma(b)))
+    # Where a window holds no changed pixel, x == y there and its SSIM is exactly 1 in float
+    # arithmetic too (2*mx*my == mx*mx + my*my, 2*sxy == sxx + syy bit for bit); so the map is
+    # computed only over the windows that touch changed pixels and the rest count as 1.
+    box = changed_box(a, b, pad=10)
+    if box is None:
+        return 1.0
+    y0, y1, x0, x1 = box
+    n_total = (a.shape[0] - 10) * (a.shape[1] - 10)
+    x, y = luma(a[y0:y1, x0:x1]), luma(b[y0:y1, x0:x1])
     g = _gauss()
     wx, wy = g.view(1, 1, 1, -1), g.view(1, 1, -1, 1)
 
@@ -45,7 +75,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     syy = blur(y * y) - my * my
     sxy = blur(x * y) - mx * my
     s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    return float(s.mean())
+    return (float(s.double().sum()) + (n_total - s.numel())) / n_total
 
 
 def _ssim_global(x: torch.Tensor, y: torch.Tensor) -> float:
