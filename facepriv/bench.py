@@ -206,7 +206,7 @@ def naive_cloak(files: list[Path], out_dir: Path, model_path: str, attack: str =
                 if x1 - x0 < 2 or y1 - y0 < 2:
                     continue
                 face = img.crop((x0, y0, x1, y1)).resize((size, size))
-                crops.append(torch.from_numpy(np.asarray(face)).permute(2, 0, 1).float() / 255)
+                crops.append(torch.from_numpy(np.array(face)).permute(2, 0, 1).float() / 255)
                 places.append((x0, y0, x1, y1))
             if crops:
                 x = torch.stack(crops)
