@@ -53,6 +53,10 @@ def add_cloak_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--kappa", type=float, default=1.0,
                    help="pgd keeps stepping until the face is fooled by this logit margin (default 1.0), "
                         "so the cloak survives quantisation and JPEG")
+    a.add_argument("--verify-rounds", type=int, default=3,
+                   help="pgd: encode each cloaked photo as it will be written, re-detect and re-classify it, "
+                        "and re-attack (from the current cloak, through the re-detected crop) the faces it "
+                        "does not fool, up to this many times (default 3; 0 = off)")
     a.add_argument("--target", default=None, help="targeted attack: make every face read as this class")
     a.add_argument("--labels", default="none", choices=["none", "folder"],
                    help="folder: a photo's identity is its parent folder's name (for judging against the "
@@ -101,7 +105,7 @@ def settings_from_args(args: argparse.Namespace):
         prepare_args(args)  # --uap required; eps = the perturbation's size; extra records the file
     return CloakSettings(
         model=args.model, attack=args.attack, eps=args.eps, steps=args.steps, alpha=args.alpha,
-        kappa=args.kappa, views=args.views, target=args.target, labels=args.labels, jpeg_quality=args.jpeg_quality,
+        kappa=args.kappa, views=args.views, verify_rounds=args.verify_rounds, target=args.target, labels=args.labels, jpeg_quality=args.jpeg_quality,
         keep_metadata=args.keep_metadata, min_face_size=args.min_face_size, thresholds=tuple(args.thresholds),
         min_prob=args.min_prob, max_pixels=args.max_pixels, face_batch=args.face_batch,
         judge=not args.no_judge, device=args.device, extra=getattr(args, "extra", None) or {},

@@ -46,6 +46,7 @@ class CloakSettings:
     kappa: float = 1.0  # pgd early stop once the face is fooled by this many logits
     views: int = 5  # crop-jitter views averaged per gradient (1 = plain crop)
     simulate_write: bool = True  # attack what the file will hold (uint8, JPEG round trip)
+    verify_rounds: int = 3  # re-detect the would-be file; re-attack faces it does not fool (pgd)
     target: str | None = None  # targeted attack: move every face to this class
     labels: str = "none"  # none | folder
     jpeg_quality: int = 95
@@ -89,7 +90,7 @@ class _Photo:
     cloaked: np.ndarray | None = None
     faces: list[dict[str, Any]] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
-    cloaked_t: torch.Tensor | None = None
+    verified: tuple | None = None  # (bytes, format, sha256, re-detection) of the would-be file
 
 
 class Cloaker:
@@ -204,46 +205,100 @@ class Cloaker:
         t = time.perf_counter()
         items: list[FaceItem] = []
         for p in photos:
-            rgb = p.decoded.rgb
-            p.cloaked = rgb
+            p.cloaked = p.decoded.rgb
+            p.verified = None
             if p.det is None or len(p.det) == 0:
                 continue
-            h, w = rgb.shape[:2]
-            img = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div_(255)
-            for i, box in enumerate(p.det.boxes):
-                rx0, ry0, rx1, ry1 = geometry.face_region(box, w, h, self.settings.region_margin)
-                # align the region to the 8x8 JPEG grid, so a region's JPEG round trip is the file's
-                rx0, ry0 = rx0 - rx0 % 8, ry0 - ry0 % 8
-                rx1, ry1 = min(w, rx1 + (-rx1) % 8), min(h, ry1 + (-ry1) % 8)
-                cx0, cy0, cx1, cy1 = geometry.int_box(geometry.square_box(box), w, h)
-                origin = np.array([rx0, ry0], np.float32)
-                items.append(FaceItem(
-                    photo=p, index=i, region=(rx0, ry0, rx1, ry1), pixels=img[:, ry0:ry1, rx0:rx1],
-                    crop=(cx0 - rx0, cy0 - ry0, cx1 - rx0, cy1 - ry0),
-                    landmarks=p.det.landmarks[i] - origin, box=box - np.tile(origin, 2),
-                    target=self._target_for(p, i),
-                ))
-        for start in range(0, len(items), self.settings.face_batch):
-            chunk = items[start : start + self.settings.face_batch]
-            adv, used = self.strategy(chunk)
-            for j, it in enumerate(chunk):
-                p = it.photo
-                if not p.steps:
-                    p.steps = [0] * len(p.det)
-                    p.cloaked_t = torch.from_numpy(p.decoded.rgb).permute(2, 0, 1).float().div_(255)
-                rx0, ry0, rx1, ry1 = it.region
-                p.cloaked_t[:, ry0:ry1, rx0:rx1] = adv[j, :, : ry1 - ry0, : rx1 - rx0].cpu()
-                p.steps[it.index] = int(used[j])
-        for p in photos:
-            if p.steps:
-                t_img = p.cloaked_t
-                p.cloaked = t_img.mul_(255).round_().clamp_(0, 255).byte().permute(1, 2, 0).contiguous().numpy()
-                p.cloaked_t = None
-        dt = time.perf_counter() - t
+            p.cloaked = p.decoded.rgb.copy()
+            p.steps = [0] * len(p.det)
+            items += [self._face_item(p, i, self._target_for(p, i)) for i in range(len(p.det))]
+        self._run_strategy(items)
+        t_verify = 0.0
+        retry = getattr(self.strategy, "resumable", False) and self.loaded is not None
+        rounds = self.settings.verify_rounds if retry else 0
+        if self.settings.judge or rounds:
+            for r in range(rounds + 1):
+                tv = time.perf_counter()
+                again = self._verify([p for p in photos if p.steps], retry=r < rounds)
+                t_verify += time.perf_counter() - tv
+                if not again:
+                    break
+                self._run_strategy(again)
+        dt = time.perf_counter() - t - t_verify
         total_faces = max(len(items), 1)
         for p in photos:
             n = len(p.det) if p.det is not None else 0
             p.row["t_attack"] = dt * n / total_faces
+            p.row["t_judge"] = t_verify * n / total_faces  # re-detecting the would-be file is judging
+
+    def _face_item(self, p: _Photo, i: int, target: int | None, crop_box=None) -> FaceItem:
+        """Face i of photo p: its region (fixed by the first detection, so the eps ball is too)
+        and the square crop the surrogate sees (the first detection's, or `crop_box`)."""
+        rgb = p.decoded.rgb
+        h, w = rgb.shape[:2]
+        box = p.det.boxes[i]
+        rx0, ry0, rx1, ry1 = geometry.face_region(box, w, h, self.settings.region_margin)
+        # align the region to the 8x8 JPEG grid, so a region's JPEG round trip is the file's
+        rx0, ry0 = rx0 - rx0 % 8, ry0 - ry0 % 8
+        rx1, ry1 = min(w, rx1 + (-rx1) % 8), min(h, ry1 + (-ry1) % 8)
+        cx0, cy0, cx1, cy1 = geometry.int_box(geometry.square_box(box if crop_box is None else crop_box), w, h)
+        cx0, cy0 = min(max(cx0, rx0), rx1 - 1), min(max(cy0, ry0), ry1 - 1)
+        cx1, cy1 = max(min(cx1, rx1), cx0 + 1), max(min(cy1, ry1), cy0 + 1)
+        origin = np.array([rx0, ry0], np.float32)
+
+        def region(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a[ry0:ry1, rx0:rx1]).to(self.device).permute(2, 0, 1).float().div_(255)
+
+        return FaceItem(
+            photo=p, index=i, region=(rx0, ry0, rx1, ry1), pixels=region(rgb),
+            crop=(cx0 - rx0, cy0 - ry0, cx1 - rx0, cy1 - ry0),
+            landmarks=p.det.landmarks[i] - origin, box=box - np.tile(origin, 2), target=target,
+            start=region(p.cloaked) if crop_box is not None else None,
+        )
+
+    def _run_strategy(self, items: list[FaceItem]) -> None:
+        """Attack faces in chunks of face_batch and paste the cloaked regions (as uint8, what the
+        file will hold) into their photos."""
+        for start in range(0, len(items), self.settings.face_batch):
+            chunk = items[start : start + self.settings.face_batch]
+            adv, used = self.strategy(chunk)
+            for j, it in enumerate(chunk):
+                rx0, ry0, rx1, ry1 = it.region
+                patch = adv[j, :, : ry1 - ry0, : rx1 - rx0].mul(255).round_().clamp_(0, 255).byte()
+                it.photo.cloaked[ry0:ry1, rx0:rx1] = patch.permute(1, 2, 0).cpu().numpy()
+                it.photo.steps[it.index] += int(used[j])
+
+    def _verify(self, photos: list[_Photo], retry: bool) -> list[FaceItem]:
+        """Encode each cloaked photo as it will be written, decode it, re-detect and re-classify
+        its faces (what the judge will do to the written file). The encoded bytes and the
+        detection are kept: `_write` writes exactly these bytes and `_judge` reuses the
+        detection only if the file it reads back is byte-identical. With `retry`, returns the
+        faces the would-be file does not fool, to re-attack from their current cloak through
+        the crop the re-detection gives."""
+        if not photos:
+            return []
+        encoded = [imageio.encode(p.cloaked, p.decoded, self.settings.jpeg_quality, self.settings.keep_metadata)
+                   for p in photos]
+        backs = [imageio.decode(data, max_pixels=2**62).rgb for data, _ in encoded]
+        redets = self.detector.detect(backs)
+        again: list[FaceItem] = []
+        for p, (data, fmt), back, rd in zip(photos, encoded, backs, redets):
+            p.verified = (data, fmt, hashlib.sha256(data).hexdigest(), rd)
+            if not retry or self.loaded is None:
+                continue
+            _, judge_boxes = _match(p.det, rd)
+            pred, _ = self._classify(back, judge_boxes)
+            clean, _ = self._classify(p.decoded.rgb, p.det.boxes)
+            for i in range(len(p.det)):
+                target = self._target_for(p, i)
+                if self.settings.target is not None:
+                    fooled = pred[i] == target
+                else:
+                    target = int(clean[i]) if target is None else target
+                    fooled = pred[i] != target
+                if not fooled:
+                    again.append(self._face_item(p, i, target, crop_box=judge_boxes[i]))
+        return again
 
     def _target_for(self, p: _Photo, i: int) -> int | None:
         """Class to attack: the --target class, else the true label of the labelled face."""
@@ -257,7 +312,11 @@ class Cloaker:
     def _write(self, photos: list[_Photo]) -> None:
         for p in photos:
             t = time.perf_counter()
-            data, fmt = imageio.encode(p.cloaked, p.decoded, self.settings.jpeg_quality, self.settings.keep_metadata)
+            if p.verified is not None:  # the bytes the verification re-detected
+                data, fmt = p.verified[:2]
+            else:
+                data, fmt = imageio.encode(p.cloaked, p.decoded, self.settings.jpeg_quality,
+                                           self.settings.keep_metadata)
             self.dst.write_bytes(p.key, data)
             p.row["output_format"] = fmt
             if p.det is None or len(p.det) == 0:
@@ -276,39 +335,37 @@ class Cloaker:
     def _judge(self, photos: list[_Photo]) -> None:
         t = time.perf_counter()
         written: list[tuple[_Photo, np.ndarray]] = []
+        reused: dict[int, Detection] = {}
         for p in photos:
             p.faces = []  # _guard may re-run this stage photo by photo
             try:
-                back = imageio.decode(self.dst.read_bytes(p.key), max_pixels=2**62)
+                data = self.dst.read_bytes(p.key)
+                back = imageio.decode(data, max_pixels=2**62)
             except FacePrivError as e:
                 self._fail(p, f"written file does not decode: {e}")
                 continue
             if back.rgb.shape != p.decoded.rgb.shape:
                 self._fail(p, f"written file has size {back.size}, expected {p.decoded.size}")
                 continue
+            if p.verified is not None and hashlib.sha256(data).hexdigest() == p.verified[2]:
+                reused[id(p)] = p.verified[3]  # same bytes, so the same detection: don't run it twice
             written.append((p, back.rgb))
         with_faces = [(p, rgb) for p, rgb in written if p.det is not None and len(p.det)]
-        redets = self.detector.detect([rgb for _, rgb in with_faces]) if with_faces else []
-        for (p, rgb), rd in zip(with_faces, redets):
-            self._judge_faces(p, rgb, rd)
+        fresh = [(p, rgb) for p, rgb in with_faces if id(p) not in reused]
+        redets = dict(zip([id(p) for p, _ in fresh], self.detector.detect([rgb for _, rgb in fresh]) if fresh else []))
+        redets.update(reused)
+        for p, rgb in with_faces:
+            self._judge_faces(p, rgb, redets[id(p)])
         for p, rgb in written:
             p.row["psnr"] = psnr(p.decoded.rgb, rgb)
             p.row["ssim"] = ssim(p.decoded.rgb, rgb)
         dt = time.perf_counter() - t
         for p in photos:
-            p.row["t_judge"] = dt / max(len(photos), 1)
+            p.row["t_judge"] = (p.row.get("t_judge") or 0.0) + dt / max(len(photos), 1)
 
     def _judge_faces(self, p: _Photo, rgb: np.ndarray, redet: Detection) -> None:
         det = p.det
-        # match each original face to the re-detected face with the highest IoU (>= 0.3)
-        match = np.full(len(det), -1)
-        if len(redet):
-            ious = geometry.iou(det.boxes, redet.boxes)
-            for i in range(len(det)):
-                j = int(ious[i].argmax())
-                if ious[i, j] >= 0.3:
-                    match[i] = j
-        judge_boxes = np.stack([redet.boxes[m] if m >= 0 else det.boxes[i] for i, m in enumerate(match)])
+        match, judge_boxes = _match(det, redet)
         has_model = self.loaded is not None
         if has_model:
             cp, cc = self._classify(p.decoded.rgb, det.boxes)
@@ -353,6 +410,20 @@ class Cloaker:
             r["n_faces"] = len(r["faces"])
         r["t_total"] = sum(r.get(k) or 0.0 for k in ("t_read", "t_detect", "t_attack", "t_write", "t_judge"))
         r["finished_at"] = datetime.now(timezone.utc)
+
+
+def _match(det: Detection, redet: Detection) -> tuple[np.ndarray, np.ndarray]:
+    """Match each original face to the re-detected face with the highest IoU (>= 0.3): the
+    match index (-1 if lost) and the box to judge it by (the re-detected one, else the original)."""
+    match = np.full(len(det), -1)
+    if len(redet):
+        ious = geometry.iou(det.boxes, redet.boxes)
+        for i in range(len(det)):
+            j = int(ious[i].argmax())
+            if ious[i, j] >= 0.3:
+                match[i] = j
+    judge_boxes = np.stack([redet.boxes[m] if m >= 0 else det.boxes[i] for i, m in enumerate(match)])
+    return match, judge_boxes
 
 
 def summarize(rows_or_counts, run_id: str, seconds: float, extra: dict | None = None) -> dict[str, Any]:

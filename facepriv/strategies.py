@@ -33,6 +33,7 @@ class FaceItem:
     landmarks: np.ndarray  # (5, 2) in region coordinates
     box: np.ndarray  # detector box in region coordinates
     target: int | None = None  # class index to move away from (untargeted) or towards (targeted)
+    start: torch.Tensor | None = None  # (3, h, w) earlier cloak of the region to resume from
 
 
 Strategy = Callable[[list[FaceItem]], tuple[torch.Tensor, list[int]]]
@@ -116,10 +117,15 @@ class FGSMStrategy(_ClassifierAttack):
 
 @register("pgd")
 class PGDStrategy(_ClassifierAttack):
+    resumable = True  # the pipeline may re-attack faces its verification finds unfooled
+
     def __call__(self, chunk):
         x, model, y = self._setup(chunk)
+        start = None
+        if any(it.start is not None for it in chunk):
+            start = geometry.pack([it.start if it.start is not None else it.pixels for it in chunk]).to(x.device)
         adv, used = pgd(model, x, y, eps=self.s.eps, steps=self.s.steps, alpha=self.s.alpha,
-                        targeted=self.s.target is not None, kappa=self.s.kappa)
+                        targeted=self.s.target is not None, kappa=self.s.kappa, x_init=start)
         return adv, used.tolist()
 
 

@@ -13,9 +13,11 @@ from .base import Model, fooled_mask, loss_fn, predict, subset
 def pgd(model: Model, x: torch.Tensor, y: torch.Tensor | None = None, eps: float = 4.0,
         steps: int = 10, alpha: float | None = None, targeted: bool = False,
         random_start: bool = False, early_stop: bool = True, kappa: float = 0.0,
-        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        generator: torch.Generator | None = None,
+        x_init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (x_adv, steps_used per face). eps and alpha in 0-255 units; alpha defaults to
-    max(eps / 4, 1), so that a face can cross the whole eps ball within the steps."""
+    max(eps / 4, 1), so that a face can cross the whole eps ball within the steps.
+    `x_init` resumes from an earlier adversarial point (projected into the eps ball around x)."""
     if targeted and y is None:
         raise ValueError("a targeted attack needs target labels y")
     x = x.detach()
@@ -24,7 +26,9 @@ def pgd(model: Model, x: torch.Tensor, y: torch.Tensor | None = None, eps: float
     e = eps / 255.0
     a = (alpha if alpha is not None else max(eps / 4.0, 1.0)) / 255.0
     xa = x.clone()
-    if random_start:
+    if x_init is not None:
+        xa = torch.min(torch.max(x_init.detach(), x - e), x + e).clamp(0, 1)
+    elif random_start:
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         xa = (x + (noise * 2 - 1) * e).clamp(0, 1)
     used = torch.zeros(len(x), dtype=torch.long, device=x.device)
@@ -46,3 +50,4 @@ def pgd(model: Model, x: torch.Tensor, y: torch.Tensor | None = None, eps: float
         xa[active] = torch.min(torch.max(step, x[active] - e), x[active] + e).clamp(0, 1)
         used[active] += 1
     return xa.detach(), used
+

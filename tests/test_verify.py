@@ -1,0 +1,83 @@
+"""The verify-and-retry loop: the pipeline encodes each cloaked photo as it will be written,
+re-detects and re-classifies it, re-attacks the faces that file does not fool, writes exactly
+the verified bytes, and the judge does not run the detector a second time on those bytes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from facepriv.attacks import pgd
+from facepriv.pipeline import Cloaker, CloakSettings
+
+from helpers import random_checkpoint
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample"
+
+
+def test_pgd_resumes_from_x_init_inside_the_ball():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    x = torch.rand(3, 3, 8, 8)
+    y = net(x).argmax(1)
+    far = (x + 0.5).clamp(0, 1)  # outside the eps ball: must be projected back
+    adv, used = pgd(net, x, y, eps=4, steps=0, x_init=far)
+    assert (adv - x).abs().max().item() * 255 <= 4 + 1e-4
+    assert torch.allclose(adv, torch.min(torch.max(far, x - 4 / 255), x + 4 / 255).clamp(0, 1))
+    first, _ = pgd(net, x, y, eps=4, steps=3, early_stop=False)
+    resumed, used = pgd(net, x, y, eps=4, steps=2, early_stop=False, x_init=first)
+    assert (resumed - x).abs().max().item() * 255 <= 4 + 1e-4
+    assert not torch.equal(resumed, first) and (used == 2).all()
+
+
+def _photos(tmp_path) -> Path:
+    src = tmp_path / "src"
+    for name in ("Colin_Powell", "Tony_Blair"):
+        (src / name).mkdir(parents=True)
+        for f in sorted((SAMPLE / "test" / name).iterdir())[:2]:
+            shutil.copy(f, src / name / f.name)
+    return src
+
+
+def test_verify_writes_the_verified_bytes_and_judges_without_a_second_detection(tmp_path):
+    src = _photos(tmp_path)
+    classes = sorted(p.name for p in (SAMPLE / "train").iterdir())
+    ckpt = random_checkpoint(str(tmp_path / "m.pt"), classes)
+    s = CloakSettings(model=ckpt, attack="pgd", eps=4, steps=2, views=1, labels="folder", verify_rounds=2)
+    c = Cloaker(str(src), str(tmp_path / "dst"), s, "run")
+    calls: list[int] = []
+    detect = c.detector.detect
+    c.detector.detect = lambda images: calls.append(len(images)) or detect(images)
+    attacked: list[int] = []
+    strategy = c.strategy
+    c.strategy = lambda chunk: attacked.append(len(chunk)) or strategy(chunk)
+    keys = sorted(str(p.relative_to(src)) for p in src.rglob("*.jpg"))
+    rows = c.process(keys)
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    # one detection of the originals, then one per verification round; none by the judge
+    assert calls[0] == 4 and len(calls) == len(attacked) + 1 and len(calls) <= 1 + 3
+    # retries only re-attack faces, never more than there are
+    n = sum(r["n_faces"] for r in rows)
+    assert attacked[0] == n and all(k <= n for k in attacked[1:])
+    faces = [f for r in rows for f in r["faces"]]
+    assert all(f["steps"] <= 2 * (1 + 2) for f in faces)
+    # a face the written file does not fool was re-attacked (this random model is easy to fool,
+    # so most faces stop after the first round)
+    if any(f["judged"] and not f["fooled"] for f in faces):
+        assert len(attacked) > 1
+
+
+def test_verify_rounds_zero_and_fgsm_keep_a_single_attack(tmp_path):
+    src = _photos(tmp_path)
+    classes = sorted(p.name for p in (SAMPLE / "train").iterdir())
+    ckpt = random_checkpoint(str(tmp_path / "m.pt"), classes)
+    for attack, rounds in (("pgd", 0), ("fgsm", 3)):
+        s = CloakSettings(model=ckpt, attack=attack, eps=4, steps=2, views=1, labels="folder", verify_rounds=rounds)
+        c = Cloaker(str(src), str(tmp_path / f"dst-{attack}"), s, "run")
+        attacked: list[int] = []
+        strategy = c.strategy
+        c.strategy = lambda chunk, strategy=strategy: attacked.append(len(chunk)) or strategy(chunk)
+        rows = c.process(sorted(str(p.relative_to(src)) for p in src.rglob("*.jpg")))
+        assert attacked == [sum(r["n_faces"] for r in rows)] and all(r["status"] == "ok" for r in rows)
