@@ -1,0 +1,60 @@
+"""Where installed surrogates live, and how a surrogate spec names one.
+
+`$FACEPRIV_HOME` (default ``~/.cache/facepriv``) holds ``models/NAME.pt`` (facepriv checkpoints,
+e.g. imported TF.js embedders written by `facepriv models install`). A surrogate *spec* is an
+installed model's name (``mobilefacenet``), a checkpoint path (``x.pt``) or a TF.js graph
+model (``x.json``, imported on the fly).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import FacePrivError
+
+
+def home() -> str:
+    return os.path.expanduser(os.environ.get("FACEPRIV_HOME") or os.path.join("~", ".cache", "facepriv"))
+
+
+def models_dir() -> str:
+    return os.path.join(home(), "models")
+
+
+def installed_path(name: str) -> str:
+    return os.path.join(models_dir(), f"{name}.pt")
+
+
+def installed() -> list[str]:
+    """Names of the installed surrogates, sorted."""
+    d = models_dir()
+    if not os.path.isdir(d):
+        return []
+    return sorted(f[:-3] for f in os.listdir(d) if f.endswith(".pt"))
+
+
+def resolve(spec: str) -> str:
+    """A spec -> the file to load: a .pt checkpoint or a TF.js .json; clear error otherwise."""
+    if spec.endswith((".pt", ".json")) or os.sep in spec:
+        if not os.path.isfile(spec):
+            raise FacePrivError(f"surrogate {spec!r}: no such file")
+        return spec
+    p = installed_path(spec)
+    if os.path.isfile(p):
+        return p
+    have = ", ".join(installed()) or "none"
+    raise FacePrivError(
+        f"surrogate {spec!r} is not installed in {models_dir()} (installed: {have}); run "
+        "`facepriv models install --from DIR_OR_TGZ` (or set FACEPRIV_HOME), or pass a .pt / .json path")
+
+
+def load_surrogate(spec: str, device="cpu"):
+    """Load a surrogate by spec: returns the nn.Module (eval mode, on device)."""
+    path = resolve(spec)
+    if path.endswith(".json"):
+        from .tfjs import import_tfjs
+
+        return import_tfjs(path).to(device).eval()
+    from .checkpoint import load_checkpoint
+
+    return load_checkpoint(path, device).model.eval()
