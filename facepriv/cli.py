@@ -18,7 +18,7 @@ from . import __version__
 from .errors import FacePrivError
 
 # Command modules that add their own sub-commands (each has add_parser(subparsers)).
-COMMAND_MODULES: list[str] = ["facepriv.report.cli", "facepriv.uap_cli", "facepriv.bench_cli"]
+COMMAND_MODULES: list[str] = ["facepriv.report.cli", "facepriv.uap_cli", "facepriv.bench_cli", "facepriv.models_cli"]
 
 
 def add_io_options(p: argparse.ArgumentParser) -> None:
