@@ -34,6 +34,9 @@ from .models.checkpoint import load_checkpoint
 from .strategies import FaceItem, make as make_strategy
 
 
+EMBED_FIELDS = ("surrogate", "embed_loss", "momentum", "input_diversity", "ti_sigma", "min_psnr", "min_ssim")
+
+
 @dataclass
 class CloakSettings:
     """Everything that decides what a cloaked file looks like (hashed for resumable runs)."""
@@ -60,11 +63,22 @@ class CloakSettings:
     judge: bool = True
     device: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)  # attack-specific (e.g. uap path)
+    # embed-pgd (facepriv/embed_strategy.py): label-free attack on face-embedding surrogates
+    surrogate: str | None = None  # comma-separated surrogate specs (installed names, .pt, .json)
+    embed_loss: str = "untargeted"  # untargeted | decoy
+    momentum: float = 0.0  # MI-FGSM momentum (0 = off)
+    input_diversity: float = 0.0  # probability of a random alignment jitter per face and step
+    ti_sigma: float = 0.0  # translation-invariant gradient smoothing, Gaussian sigma in px (0 = off)
+    min_psnr: float | None = None  # quality budget per face region (dB)
+    min_ssim: float | None = None
 
     def output_fields(self, model_sha: str | None) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         for k in ("face_batch", "judge", "device", "model"):
             d.pop(k)
+        if self.attack != "embed-pgd":  # keep the settings hash of other attacks' runs unchanged
+            for k in EMBED_FIELDS:
+                d.pop(k)
         d["model_sha256"] = model_sha
         return d
 

@@ -130,3 +130,4 @@ class PGDStrategy(_ClassifierAttack):
 
 
 from . import uap_apply  # noqa: E402,F401  (registers "uap")
+from . import embed_strategy  # noqa: E402,F401  (registers "embed-pgd")

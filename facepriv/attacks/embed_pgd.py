@@ -1,0 +1,160 @@
+"""Label-free PGD on face embeddings (pure torch, no I/O).
+
+The attack variable is the packed face regions x (B,3,H,W) in [0,1] (`facepriv.geometry`);
+each surrogate is a callable ``regions -> embeddings (B,D)`` (typically an
+`facepriv.align.AlignModel`, optionally a `JitteredAlign` for input diversity). No identity
+labels are needed: the reference is each face's own clean embedding.
+
+Losses (per model, per face; minimised):
+
+* ``"untargeted"``: ``cos(e(x'), e(x))`` - push the embedding away from the clean one;
+* ``"decoy"``: ``cos(e(x'), e(x)) - cos(e(x'), d)`` - move toward a decoy identity's
+  embedding d (Fawkes' targeted cloak) and away from the clean one.
+
+An ensemble averages the per-model losses. Techniques for transfer to unseen recognisers:
+
+* momentum (MI-FGSM, Dong et al. 2018): ``g <- mu * g + grad / mean|grad|`` per face;
+* translation-invariant gradients (TI, Dong et al. 2019): the gradient is smoothed with a
+  Gaussian of ``ti_sigma`` pixels before the sign;
+* input diversity (DI, Xie et al. 2019): `JitteredAlign` draws, with probability p per
+  forward pass, a random similarity (scale, rotation, shift) composed with the alignment,
+  i.e. a random resize/rotate/pad of the aligned crop, without a second resampling.
+
+`pre` (e.g. ``WrittenModel`` over an identity) maps x to what the written file will hold
+before every model sees it (uint8 + JPEG with straight-through gradients), once per step.
+
+eps and alpha are in 0-255 units, as everywhere in facepriv.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..align import AlignModel, warp
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+LOSSES = ("untargeted", "decoy")
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """Normalised 2-D Gaussian (k,k), k = 2*ceil(3 sigma) + 1."""
+    r = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def smooth(grad: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Depthwise Gaussian smoothing of a (B,C,H,W) gradient (TI); sigma <= 0 returns it as is."""
+    if sigma <= 0:
+        return grad
+    k = gaussian_kernel(sigma).to(grad)
+    c = grad.shape[1]
+    w = k.expand(c, 1, *k.shape).contiguous()
+    return F.conv2d(grad, w, padding=k.shape[-1] // 2, groups=c)
+
+
+def _unit(e: torch.Tensor) -> torch.Tensor:
+    return F.normalize(e.flatten(1), dim=1)
+
+
+def embedding_loss(emb: torch.Tensor, clean: torch.Tensor, decoy: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-face loss to minimise: cos(emb, clean) [- cos(emb, decoy)]. Shapes (B,D) -> (B,)."""
+    e = _unit(emb)
+    loss = (e * clean).sum(1)
+    if decoy is not None:
+        loss = loss - (e * decoy).sum(1)
+    return loss
+
+
+@torch.no_grad()
+def embed(models: Sequence[Model], x: torch.Tensor) -> list[torch.Tensor]:
+    """Unit embeddings of x under each model."""
+    return [_unit(m(x)) for m in models]
+
+
+def embed_pgd(models: Sequence[Model], x: torch.Tensor, eps: float = 8.0, steps: int = 20,
+              alpha: float | None = None, loss: str = "untargeted",
+              clean: Sequence[torch.Tensor] | None = None, decoys: Sequence[torch.Tensor] | None = None,
+              momentum: float = 0.0, ti_sigma: float = 0.0, pre: Model | None = None,
+              x_init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """PGD in L-inf against embedding models. Returns (x_adv, steps used per face).
+
+    `clean[k]` / `decoys[k]`: unit embeddings (B,D_k) for model k (clean defaults to the
+    models' embeddings of x; decoys are required for loss="decoy"). alpha defaults to
+    max(2 * eps / steps, 0.25). Every face takes all `steps` (there is no label to stop on).
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+    if not models:
+        raise ValueError("embed_pgd needs at least one model")
+    if loss == "decoy" and (decoys is None or len(decoys) != len(models)):
+        raise ValueError("loss='decoy' needs one decoy embedding tensor per model")
+    x = x.detach()
+    if clean is None:
+        clean = embed(models, x if pre is None else pre(x))
+    clean = [c.detach() for c in clean]
+    dec = [d.detach() for d in decoys] if loss == "decoy" else [None] * len(models)
+    e = eps / 255.0
+    a = (alpha if alpha is not None else max(2.0 * eps / max(steps, 1), 0.25)) / 255.0
+    xa = x.clone() if x_init is None else torch.min(torch.max(x_init.detach(), x - e), x + e).clamp(0, 1)
+    g = torch.zeros_like(x)
+    for _ in range(steps):
+        xi = xa.clone().requires_grad_(True)
+        xin = xi if pre is None else pre(xi)
+        total = sum(embedding_loss(m(xin), c, d).sum() for m, c, d in zip(models, clean, dec)) / len(models)
+        (grad,) = torch.autograd.grad(total, xi)
+        grad = smooth(grad, ti_sigma)
+        if momentum > 0:
+            grad = grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+            g = momentum * g + grad
+        else:
+            g = grad
+        step = xa - a * g.sign()  # descend: the loss is a similarity to the clean face
+        xa = torch.min(torch.max(step, x - e), x + e).clamp(0, 1).detach()
+    return xa, torch.full((len(x),), steps, dtype=torch.long, device=x.device)
+
+
+class JitteredAlign(AlignModel):
+    """AlignModel with input diversity: in each forward pass, each face's alignment is, with
+    probability `p`, composed with a random similarity about the output centre (scale in
+    [1 - scale, 1 + scale], rotation within +-`degrees`, shift within +-`shift` of the
+    output size), i.e. a random resize / rotate / pad of the aligned crop. p = 0 is AlignModel."""
+
+    def __init__(self, net, transforms, p: float = 0.5, scale: float = 0.1, degrees: float = 8.0,
+                 shift: float = 0.05, size: int | None = None, template=None, seed: int = 0,
+                 rng: np.random.Generator | None = None):
+        super().__init__(net, transforms, size, template)
+        self.p, self.scale, self.degrees, self.shift = float(p), float(scale), float(degrees), float(shift)
+        self.rng = rng if rng is not None else np.random.default_rng(seed)
+        self._seed = seed
+
+    def jitter(self, m: np.ndarray) -> np.ndarray:
+        if self.p <= 0 or self.rng.random() >= self.p:
+            return m
+        s = 1.0 + self.rng.uniform(-self.scale, self.scale)
+        t = np.deg2rad(self.rng.uniform(-self.degrees, self.degrees))
+        d = self.rng.uniform(-self.shift, self.shift, size=2) * self.size
+        c = (self.size - 1) / 2.0
+        r = s * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+        j = np.eye(3)
+        j[:2, :2] = r
+        j[:2, 2] = c - r @ np.array([c, c]) + d
+        return (j @ np.vstack([m, [0.0, 0.0, 1.0]]))[:2]
+
+    def align(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p <= 0:
+            return super().align(x)
+        if x.shape[0] != len(self.matrices):
+            raise ValueError(f"{x.shape[0]} regions but {len(self.matrices)} transforms")
+        return torch.cat([warp(x[i], self.jitter(m), self.size) for i, m in enumerate(self.matrices)], 0)
+
+    def select(self, idx):
+        return JitteredAlign(self.net, self.matrices[[int(i) for i in idx]].reshape(-1, 2, 3), self.p, self.scale,
+                             self.degrees, self.shift, self.size, self.template, rng=self.rng)

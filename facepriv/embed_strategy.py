@@ -1,0 +1,164 @@
+"""The "embed-pgd" strategy: label-free cloaks against pretrained face-embedding surrogates.
+
+Built once per worker: the surrogates named by ``settings.surrogate`` (comma-separated
+specs, `facepriv.models.store.load_surrogate`: installed names, .pt checkpoints or TF.js
+.json graphs) are loaded once. Per chunk of faces, each surrogate sees the regions through
+its own 5-point alignment (`JitteredAlign`: its crop template and input size, plus input
+diversity) and all of them see what the written file will hold (`WrittenModel`: uint8 +
+the JPEG round trip, straight-through gradients). The attack is
+`facepriv.attacks.embed_pgd.embed_pgd`.
+
+Decoys (``embed_loss="decoy"``, Fawkes' targeted cloak): Fawkes moves a face toward a
+public identity far from the user. Here the decoy for a face is the *other face in the
+same chunk* (from a different photo) whose clean embeddings are least similar to it (mean
+cosine over the surrogates); no extra data is shipped. A face with no such partner (a
+chunk of one photo) gets the untargeted loss (a zero decoy). The choice therefore depends
+on which photos share a chunk (it is not recorded; it is only the direction of the push).
+
+Quality budget (``min_psnr`` / ``min_ssim``): after the attack, each region's perturbation
+is scaled down by the largest factor in [0, 1] (binary search, 8 halvings) at which the
+region - quantised and JPEG round-tripped as it will be written - still has PSNR >=
+min_psnr and SSIM >= min_ssim against the original region. The region is a sub-image of
+the photo and the rest of the photo changes no more than JPEG re-encoding does, so the
+photo's PSNR/SSIM are at least the region's (the per-region check is conservative).
+
+Not resumable: the pipeline's verify stage re-detects and re-classifies with a classifier;
+with no labels there is nothing to re-attack toward, so faces are attacked once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import geometry
+from .attacks.embed_pgd import JitteredAlign, embed_pgd
+from .errors import FacePrivError
+from .metrics import psnr, ssim
+from .strategies import FaceItem, WrittenModel, register
+
+
+class _Identity(torch.nn.Module):
+    def forward(self, x):
+        return x
+
+    def select(self, idx):
+        return self
+
+
+def specs_of(surrogate: str | None) -> list[str]:
+    return [s.strip() for s in (surrogate or "").split(",") if s.strip()]
+
+
+def choose_decoys(clean: list[torch.Tensor], groups: list[object]) -> list[int | None]:
+    """For each face, the index of the face least similar to it (mean cosine over models)
+    among faces of a different group (photo); None when there is none."""
+    sim = sum(c @ c.T for c in clean) / len(clean)
+    out: list[int | None] = []
+    for i in range(len(groups)):
+        cand = [j for j in range(len(groups)) if groups[j] is not groups[i]]
+        out.append(min(cand, key=lambda j: float(sim[i, j])) if cand else None)
+    return out
+
+
+def scale_to_budget(orig: np.ndarray, adv: np.ndarray, written, min_psnr: float | None,
+                    min_ssim: float | None, iters: int = 8) -> tuple[np.ndarray, float]:
+    """Largest s in [0,1] (binary search) with written(round(orig + s*(adv-orig))) meeting the
+    budget vs orig. orig/adv: (h,w,3) float 0-255 arrays; written: uint8 (h,w,3) -> uint8.
+    Returns (the uint8 region as it will be written before the file's own encoding, s)."""
+    o8 = np.clip(np.round(orig), 0, 255).astype(np.uint8)
+
+    def at(s: float) -> np.ndarray:
+        return np.clip(np.round(orig + s * (adv - orig)), 0, 255).astype(np.uint8)
+
+    def ok(s: float) -> bool:
+        w = written(at(s))
+        return (min_psnr is None or psnr(o8, w) >= min_psnr) and (min_ssim is None or ssim(o8, w) >= min_ssim)
+
+    if (min_psnr is None and min_ssim is None) or ok(1.0):
+        return at(1.0), 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return at(lo), lo
+
+
+@register("embed-pgd")
+class EmbedPGDStrategy:
+    resumable = False
+
+    def __init__(self, settings, loaded, device):
+        from .models.store import load_surrogate
+
+        specs = specs_of(getattr(settings, "surrogate", None))
+        if not specs:
+            raise FacePrivError("--attack embed-pgd needs --surrogate NAMES (comma-separated installed names, "
+                                ".pt or TF.js .json paths; see `facepriv models install`), or --preset protect")
+        self.s, self.device = settings, device
+        self.nets = []
+        for spec in specs:
+            net = load_surrogate(spec, device)
+            if getattr(net, "kind", None) != "embedder":
+                raise FacePrivError(f"surrogate {spec!r} is a {getattr(net, 'kind', 'unknown')!r} model; "
+                                    "embed-pgd needs face-embedding models")
+            for p in net.parameters():
+                p.requires_grad_(False)
+            self.nets.append(net)
+        self.specs = specs
+        self.rng = np.random.default_rng(0)
+        self.last_scales: list[float] = []
+
+    def _qualities(self, chunk):
+        return [self.s.jpeg_quality if getattr(it.photo.decoded, "format", None) == "JPEG" else None for it in chunk]
+
+    def __call__(self, chunk: list[FaceItem]):
+        s = self.s
+        x = geometry.pack([it.pixels for it in chunk]).to(self.device)
+        sizes = [tuple(it.pixels.shape[1:]) for it in chunk]
+        lms = np.stack([np.asarray(it.landmarks, np.float64) for it in chunk])
+        pre = WrittenModel(_Identity(), sizes, self._qualities(chunk)) if getattr(s, "simulate_write", True) else None
+        models = [JitteredAlign(net, lms, p=getattr(s, "input_diversity", 0.0), rng=self.rng) for net in self.nets]
+        plain = [JitteredAlign(net, lms, p=0.0) for net in self.nets]
+        with torch.no_grad():
+            clean = [torch.nn.functional.normalize(m(x).flatten(1), dim=1) for m in plain]
+        loss = getattr(s, "embed_loss", "untargeted")
+        decoys = None
+        if loss == "decoy":
+            pick = choose_decoys(clean, [it.photo for it in chunk])
+            decoys = [torch.stack([c[j] if j is not None else torch.zeros_like(c[i]) for i, j in enumerate(pick)])
+                      for c in clean]
+        adv, used = embed_pgd(models, x, eps=s.eps, steps=s.steps, alpha=s.alpha, loss=loss, clean=clean,
+                              decoys=decoys, momentum=getattr(s, "momentum", 0.0),
+                              ti_sigma=getattr(s, "ti_sigma", 0.0), pre=pre)
+        min_psnr, min_ssim = getattr(s, "min_psnr", None), getattr(s, "min_ssim", None)
+        self.last_scales = [1.0] * len(chunk)
+        if min_psnr is not None or min_ssim is not None:
+            adv = adv.clone()
+            for i, ((h, w), q) in enumerate(zip(sizes, pre.qualities if pre is not None else [None] * len(chunk))):
+                orig = x[i, :, :h, :w].permute(1, 2, 0).cpu().numpy() * 255
+                cand = adv[i, :, :h, :w].permute(1, 2, 0).cpu().numpy() * 255
+                written = _writer(q)
+                region, sc = scale_to_budget(orig, cand, written, min_psnr, min_ssim)
+                self.last_scales[i] = sc
+                adv[i, :, :h, :w] = torch.from_numpy(region).to(adv).permute(2, 0, 1) / 255
+        return adv, used.tolist()
+
+
+def _writer(quality: int | None):
+    """uint8 region -> what the file will hold there (JPEG round trip at `quality`, else as is)."""
+    if quality is None:
+        return lambda a: a
+    import io
+
+    from PIL import Image
+
+    def f(a: np.ndarray) -> np.ndarray:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+        return np.array(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+    return f

@@ -1,0 +1,214 @@
+"""Label-free embedding PGD (facepriv.attacks.embed_pgd) on tiny synthetic embedders, the
+embed-pgd strategy's pieces (decoy choice, quality budget) and, when the pretrained models
+are present, one real-model run through the strategy."""
+
+from __future__ import annotations
+
+import os
+import types
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from facepriv.align import ARCFACE_112
+from facepriv.attacks.embed_pgd import JitteredAlign, embed, embed_pgd, gaussian_kernel, smooth
+from facepriv.embed_strategy import choose_decoys, scale_to_budget, specs_of
+from facepriv.metrics import psnr, ssim
+
+SHARED = "/work/shared/models/human-models-3.0.4"
+
+
+class TinyEmbedder(nn.Module):
+    kind = "embedder"
+    input_size = 32
+    crop = "arcface112"
+
+    def __init__(self, seed: int = 0, dim: int = 16):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.c1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.c2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.fc = nn.Linear(16 * 8 * 8, dim)
+        for p in self.parameters():
+            p.data = torch.randn(p.shape, generator=g) * 0.3
+            p.requires_grad_(False)
+
+    def forward(self, x):
+        x = torch.tanh(self.c2(torch.tanh(self.c1(x * 2 - 1))))
+        return self.fc(x.flatten(1))
+
+
+def _regions(n=3, size=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # smooth random images (low frequency) so the net's features are not pure noise
+    x = torch.rand(n, 3, size // 8, size // 8, generator=g)
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    lm = np.stack([ARCFACE_112 * (size / 112.0) + np.random.default_rng(i).normal(0, 0.5, (5, 2)) for i in range(n)])
+    return x.clamp(0, 1), lm
+
+
+def _models(lm, seeds=(0,), p=0.0):
+    return [JitteredAlign(TinyEmbedder(s), lm, p=p, size=32, seed=s) for s in seeds]
+
+
+def _cos(models, x, y):
+    return [float((a * b).sum(1).mean()) for a, b in zip(embed(models, x), embed(models, y))]
+
+
+def test_untargeted_stays_in_eps_and_drops_cosine():
+    x, lm = _regions()
+    models = _models(lm)
+    adv, used = embed_pgd(models, x, eps=8, steps=10)
+    assert (adv - x).abs().max() <= 8 / 255 + 1e-6
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert used.tolist() == [10, 10, 10]
+    (c,) = _cos(models, x, adv)
+    assert c < 0.9  # clean vs itself is 1.0
+
+
+def test_more_eps_drops_more():
+    x, lm = _regions()
+    models = _models(lm)
+    small = _cos(models, x, embed_pgd(models, x, eps=1, steps=10)[0])[0]
+    big = _cos(models, x, embed_pgd(models, x, eps=12, steps=10)[0])[0]
+    assert big < small
+
+
+def test_ensemble_drops_every_member():
+    x, lm = _regions()
+    models = _models(lm, seeds=(0, 1))
+    adv, _ = embed_pgd(models, x, eps=8, steps=10)
+    assert all(c < 0.95 for c in _cos(models, x, adv))
+
+
+def test_decoy_moves_toward_decoy():
+    x, lm = _regions(n=2)
+    models = _models(lm)
+    clean = embed(models, x)
+    # face 0's decoy is face 1 and vice versa
+    decoys = [c.flip(0) for c in clean]
+    before = float((clean[0] * decoys[0]).sum(1).mean())
+    adv, _ = embed_pgd(models, x, eps=8, steps=10, loss="decoy", clean=clean, decoys=decoys)
+    after = float((embed(models, adv)[0] * decoys[0]).sum(1).mean())
+    assert after > before + 0.05
+    with pytest.raises(ValueError):
+        embed_pgd(models, x, loss="decoy")
+
+
+def test_momentum_and_ti_change_the_result():
+    x, lm = _regions()
+    models = _models(lm)
+    plain, _ = embed_pgd(models, x, eps=8, steps=6)
+    mom, _ = embed_pgd(models, x, eps=8, steps=6, momentum=1.0)
+    ti, _ = embed_pgd(models, x, eps=8, steps=6, ti_sigma=2.0)
+    assert not torch.equal(plain, mom)
+    assert not torch.equal(plain, ti)
+    # TI perturbations are smoother: smaller mean difference between neighbouring pixels
+    def rough(a):
+        d = a - x
+        return float((d[..., 1:] - d[..., :-1]).abs().mean())
+    assert rough(ti) < rough(plain)
+
+
+def test_smooth_is_a_normalised_blur():
+    k = gaussian_kernel(1.5)
+    assert abs(float(k.sum()) - 1) < 1e-5 and k.shape[0] == k.shape[1] and k.shape[0] % 2 == 1
+    g = torch.zeros(1, 3, 21, 21)
+    g[0, :, 10, 10] = 1.0
+    s = smooth(g, 1.5)
+    assert abs(float(s.sum()) - 3.0) < 1e-4 and float(s.max()) < 0.2
+    assert torch.equal(smooth(g, 0), g)
+
+
+def test_input_diversity_jitters_alignment_and_select_keeps_it():
+    x, lm = _regions()
+    on = JitteredAlign(TinyEmbedder(0), lm, p=1.0, size=32, seed=3)
+    off = JitteredAlign(TinyEmbedder(0), lm, p=0.0, size=32)
+    assert torch.equal(off.align(x), off.align(x))
+    a, b = on.align(x), on.align(x)
+    assert not torch.equal(a, b)
+    assert (a - off.align(x)).abs().mean() > 1e-3
+    sub = on.select([2, 0])
+    assert sub.p == 1.0 and sub(x[[2, 0]]).shape == (2, 16)
+    # and diversity changes what PGD finds
+    m_on = [JitteredAlign(TinyEmbedder(0), lm, p=1.0, size=32, seed=0)]
+    assert not torch.equal(embed_pgd(m_on, x, eps=8, steps=4)[0], embed_pgd([off], x, eps=8, steps=4)[0])
+
+
+def test_pre_sees_what_is_written():
+    x, lm = _regions()
+    models = _models(lm)
+    seen = []
+
+    def pre(z):
+        seen.append(z.shape)
+        return z + ((z * 255).round() / 255 - z).detach()
+
+    adv, _ = embed_pgd(models, x, eps=4, steps=3, pre=pre)
+    assert len(seen) == 4  # clean embedding + 3 steps
+    assert (adv - x).abs().max() <= 4 / 255 + 1e-6
+
+
+def test_choose_decoys_picks_least_similar_other_photo():
+    e = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [-1.0, 0.05], [0.0, 1.0]]), dim=1)
+    a, b = object(), object()
+    groups = [a, a, b, b]
+    pick = choose_decoys([e], groups)
+    assert pick[0] == 2 and pick[1] == 2  # face 2 (other photo) is the farthest
+    assert pick[2] in (0, 1) and pick[3] in (0, 1)
+    assert choose_decoys([e[:2]], [a, a]) == [None, None]
+
+
+def test_scale_to_budget_meets_budget_and_keeps_as_much_as_it_can():
+    rng = np.random.default_rng(0)
+    orig = rng.uniform(40, 200, (64, 64, 3))
+    orig = np.round(orig)
+    adv = np.clip(orig + rng.choice([-12.0, 12.0], orig.shape), 0, 255)
+    o8 = orig.astype(np.uint8)
+    full = adv.astype(np.uint8)
+    assert psnr(o8, full) < 30
+    out, s = scale_to_budget(orig, adv, lambda a: a, min_psnr=30.0, min_ssim=None)
+    assert psnr(o8, out) >= 30.0 and 0 < s < 1
+    # a slightly larger scale would break the budget (binary search resolution 1/256)
+    more = np.clip(np.round(orig + min(1.0, s + 2 / 256) * (adv - orig)), 0, 255).astype(np.uint8)
+    assert psnr(o8, more) < 30.0 + 0.5
+    out2, s2 = scale_to_budget(orig, adv, lambda a: a, min_psnr=None, min_ssim=0.9)
+    assert ssim(o8, out2) >= 0.9
+    out3, s3 = scale_to_budget(orig, adv, lambda a: a, None, None)
+    assert s3 == 1.0 and np.array_equal(out3, full)
+
+
+def test_specs_of():
+    assert specs_of(" mobilefacenet, faceres ,") == ["mobilefacenet", "faceres"]
+    assert specs_of(None) == []
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED), reason=f"pretrained TF.js models not present at {SHARED}")
+def test_strategy_on_real_model_lowers_cosine_within_budget():
+    from facepriv.models.store import load_surrogate
+    from facepriv.pipeline import CloakSettings
+    from facepriv.strategies import FaceItem, make
+
+    spec = os.path.join(SHARED, "mobileface.json")
+    s = CloakSettings(attack="embed-pgd", surrogate=spec, eps=8, steps=5, momentum=1.0, input_diversity=0.5,
+                      ti_sigma=1.0, min_psnr=33.0, min_ssim=0.95)
+    strat = make(s, None, torch.device("cpu"))
+    assert strat.resumable is False
+    # a synthetic "face": smooth noise with the landmarks of an aligned 112 crop scaled to 128
+    g = torch.Generator().manual_seed(0)
+    px = torch.nn.functional.interpolate(torch.rand(1, 3, 16, 16, generator=g), size=(128, 128),
+                                         mode="bilinear", align_corners=False)[0]
+    lm = ARCFACE_112 * (128 / 112)
+    ph = types.SimpleNamespace(decoded=types.SimpleNamespace(format="PNG"))
+    item = FaceItem(photo=ph, index=0, region=(0, 0, 128, 128), pixels=px, crop=(0, 0, 128, 128), landmarks=lm,
+                    box=np.array([0, 0, 128, 128.0]))
+    adv, used = strat([item])
+    o8 = (px.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    a8 = (adv[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert psnr(o8, a8) >= 33.0 and ssim(o8, a8) >= 0.95
+    assert used == [5]
+    net = load_surrogate(spec)
+    (c,) = _cos([JitteredAlign(net, lm[None], p=0.0)], px[None], adv)
+    assert c < 0.9
