@@ -7,7 +7,7 @@
 
 Registry: `get_judge(spec)` where spec is a registered name ("dlib") or "PREFIX:ARG" with a
 registered prefix ("tfjs:model.pt" / "embedder:model.pt" -> an imported embedding checkpoint
-judging through `facepriv.align`). Add others with `register_judge(name, factory)`; a factory
+judging through `facepriv.align`; "embedder:mobilefacenet" -> an installed surrogate). Add others with `register_judge(name, factory)`; a factory
 takes the part after the colon (or None) plus keyword options and returns a `Judge`.
 """
 
@@ -50,9 +50,10 @@ def _dlib(arg: str | None = None, **options: Any) -> Judge:
 def _embedder(arg: str | None = None, **options: Any) -> Judge:
     if not arg:
         raise UsageError("an embedder judge needs a checkpoint: --judge tfjs:PATH/TO/model.pt")
+    from ..models import store
     from .embedder_judge import EmbedderJudge
 
-    return EmbedderJudge(arg, **options)
+    return EmbedderJudge(store.resolve(arg), **options)  # an installed name or a checkpoint path
 
 
 register_judge("dlib", _dlib)

@@ -220,7 +220,7 @@ def judge_summary(res: dict[str, Any]) -> dict[str, Any]:
     """The machine-readable part of a judges.evasion / judges.poisoning result."""
     keep = ("mode", "clean_accuracy", "protection_rate", "faces", "clean_correct", "protected",
             "cloaked_accuracy", "protection_rate_all", "cloaked_missing", "clean_missing", "not_in_gallery",
-            "threshold", "metric", "crafting")
+            "threshold", "metric", "crafting", "role", "embedding_shift")
     return {k: res[k] for k in keep if k in res}
 
 

@@ -20,6 +20,7 @@ from .. import imageio, manifest, robustness
 from ..archive import META_DIR, Archive, storage_options
 from ..errors import UsageError
 from . import aggregate as agg
+from . import leave_one_out as loo
 from . import html as html_mod
 from . import panels as pan
 
@@ -29,6 +30,7 @@ REPORT_DIR = f"{META_DIR}/report"
 @dataclass
 class ReportSettings:
     judges: list[str] = field(default_factory=list)  # judge specs: "dlib", "tfjs:model.pt"
+    judge_installed: bool = False  # also judge with every installed surrogate (leave-one-out columns)
     gallery: str | None = None  # DIR/<identity>/<photos>: evasion enrolment / poisoning probes
     gallery_per_identity: int | None = None  # use the first N photos per identity (sorted)
     labels: str = "folder"
@@ -97,7 +99,8 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
     """
     if s.mode not in ("evasion", "poisoning"):
         raise UsageError(f"--mode must be evasion or poisoning, got {s.mode!r}")
-    if s.judges and not s.gallery:
+    specs = list(s.judges) + (loo.installed_judge_specs(s.judges) if s.judge_installed else [])
+    if specs and not s.gallery:
         raise UsageError("--judge needs --gallery DIR (one sub-folder of clean photos per identity)")
     archives = [open_archive(d, s) for d in dsts]
     runs = [r for a, d in zip(archives, dsts) for r in find_runs(a, d, s.run_ids)]
@@ -105,7 +108,9 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
         raise UsageError(f"no runs with a manifest under {', '.join(d + '/_facepriv/runs/' for d in dsts)}")
     log(f"report over {len(runs)} run(s): {', '.join(r.run_id for r in runs)}")
     notes: list[str] = []
-    judges = evaluator.judges if evaluator is not None else make_judges(s.judges)
+    if s.judge_installed and len(specs) == len(s.judges):
+        notes.append("--judge-installed: no other surrogate installed (see `facepriv models list`)")
+    judges = evaluator.judges if evaluator is not None else make_judges(specs)
     galleries = {}
     if judges and evaluator is None:
         from ..judges import Gallery
@@ -133,6 +138,7 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
         res = ev.evaluate(run.rows, src, run.dst) if (judges or ev.transforms) else None
         rec = agg.run_record(run.run_id, run.rows, res.judges if res else None, res.robustness if res else None,
                              dst=run.dst_url, src=src_url)
+        rec["crafted_on"] = loo.crafting_specs(run.rows)
         records.append(rec)
         det = {"quality": agg.quality(run.rows), "fooling": agg.fooling_tables(run.rows),
                "faces_per_photo": agg.faces_per_photo(run.rows), "errors": agg.errors_by_reason(run.rows),
@@ -152,7 +158,7 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
         "dsts": list(dsts), "mode": s.mode, "judges": [j.name for j in judges], "gallery": s.gallery,
         "labels": s.labels, "transforms": list(dict.fromkeys(t for r in records for t in r["robustness"])),
         "runs": records, "details": details, "eps_curves": {k: [list(p) for p in v] for k, v in curves.items()},
-        "robustness_table": agg.robustness_table(records), "notes": notes,
+        "robustness_table": agg.robustness_table(records), "leave_one_out": loo.table(records), "notes": notes,
     }
     out = open_archive(s.out, s) if s.out else archives[0]
     prefix = "" if s.out else f"{REPORT_DIR}/"
@@ -218,6 +224,7 @@ def write_outputs(out: Archive, prefix: str, report: dict[str, Any], runs: Seque
         "errors": [dict(row, run_id=r["run_id"]) for r, d in zip(report["runs"], report["details"])
                    for row in d["errors"]],
         "robustness": report["robustness_table"],
+        "leave_one_out": report.get("leave_one_out") or [],
         "judged_faces": [f for t in face_tables for f in t],
         "photos": [{"run_id": run.run_id, "source_key": row.get("source_key"), "status": row.get("status"),
                     "reason": row.get("reason"), "format": row.get("format"), "n_faces": row.get("n_faces"),
@@ -254,6 +261,11 @@ def print_runs(report: dict[str, Any], file=None) -> None:
                                                    for n in judge_names]
         lines.append(" | ".join(cells))
     print("\n".join(lines), file=file)
+    rows = report.get("leave_one_out") or []
+    if any(r.get("role") != loo.ROLE_INDEPENDENT for r in rows):  # an embedder judged: show the roles
+        print("\njudges by role (white-box = crafted on; held-out = leave-one-out; independent = never crafts):",
+              file=file)
+        print(loo.format_table(rows), file=file)
 
 
 def _p(v: float | None) -> str:

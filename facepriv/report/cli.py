@@ -15,7 +15,11 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
     j = p.add_argument_group("judges")
     j.add_argument("--judge", action="append", default=[], metavar="SPEC",
                    help="independent recogniser to verify the cloaks with; repeatable: 'dlib' (dlib ResNet, "
-                        "euclidean, threshold 0.6) or 'tfjs:PATH.pt' (an imported embedding checkpoint)")
+                        "euclidean, threshold 0.6), 'embedder:NAME' (an installed surrogate, see `facepriv models list`) or "
+                        "'tfjs:PATH.pt' (an imported embedding checkpoint)")
+    j.add_argument("--judge-installed", action="store_true",
+                   help="also judge with every surrogate installed by `facepriv models install` (embedder:NAME); "
+                        "each is marked white-box when the run was crafted on it, else held-out (leave-one-out)")
     j.add_argument("--gallery", default=None, metavar="DIR",
                    help="clean photos, DIR/<identity>/<photos>: evasion mode enrols them; poisoning mode uses "
                         "them as clean probes (required with --judge)")
@@ -52,7 +56,7 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace):
     from .build import ReportSettings
 
-    return ReportSettings(judges=list(args.judge), gallery=args.gallery, gallery_per_identity=args.gallery_per_identity,
+    return ReportSettings(judges=list(args.judge), judge_installed=args.judge_installed, gallery=args.gallery, gallery_per_identity=args.gallery_per_identity,
                           labels=args.labels, mode=args.mode, robustness=args.robustness,
                           transforms=list(args.transforms), sample=args.sample, run_ids=args.run_ids, src=args.src,
                           out=args.out, s3_endpoint=args.s3_endpoint, retries=args.retries, device=args.device,

@@ -29,6 +29,7 @@ from ..archive import Archive
 from ..faces import DetectorSettings, FaceDetector
 from ..judges import Gallery, Judge, evasion, identify, poisoning
 from .aggregate import counted, faces_of, folder_identity
+from . import leave_one_out as loo
 
 MATCH_IOU = 0.3  # the pipeline's rule for "found again in the written file"
 
@@ -238,10 +239,14 @@ class Evaluator:
             rec["_probe"] = p
             ev.faces.append(rec)
         bar.close()
+        roles = loo.roles([loo.judge_identity(j) for j in self.judges],
+                          [loo.spec_identity(sp) for sp in loo.crafting_specs(rows)]) if names else {}
         for jd in self.judges if names else []:
             n = jd.name
             res, per = self._judge(jd, ev.faces, clean[n], cloak[n])
-            res["crafting"] = False
+            res["role"] = roles[n]  # white-box (a crafting surrogate) / held-out / independent
+            res["crafting"] = roles[n] == loo.ROLE_WHITE_BOX
+            res["embedding_shift"] = _mean_shift(clean[n], cloak[n], getattr(jd, "metric", "euclidean"))
             ev.judges[n] = res
             for rec, pf in zip(ev.faces, per):
                 rec[f"{n}_clean_pred"] = pf.get("clean_pred")
@@ -295,6 +300,16 @@ class Evaluator:
             return rec.get("identity")
         g = self.galleries.get(jd.name)
         return identify(g, clean_emb)[0] if (g is not None and clean_emb is not None) else None
+
+
+def _mean_shift(clean: Sequence, cloaked: Sequence, metric: str) -> float | None:
+    """Mean distance between each face's clean and cloaked embedding under the judge's metric
+    (for an embedder: the cosine drop 1 - cos); faces missing either are left out."""
+    from ..judges import pairwise_distances
+
+    d = [float(pairwise_distances(np.asarray(c)[None], np.asarray(k)[None], metric)[0, 0])
+         for c, k in zip(clean, cloaked) if c is not None and k is not None]
+    return float(np.mean(d)) if d else None
 
 
 def _embed(judge: Judge, rgb: np.ndarray, face: dict[str, Any]) -> np.ndarray | None:

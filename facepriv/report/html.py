@@ -111,6 +111,21 @@ def render(report: dict[str, Any], curve_png_b64: str | None = None,
             (f"{n}_protection_rate", f"{n} protection rate") for n in judge_names]
         out.append(table(rows, cols, left=("run", "transform")))
 
+    # ---- leave-one-out: which judges crafted the cloaks
+    loo_rows = report.get("leave_one_out") or []
+    if any(r.get("role") not in (None, "independent") for r in loo_rows):
+        out.append("<h2>Judges by role: white-box, held-out (leave-one-out), independent</h2>")
+        out.append("<p class='muted'>white-box: the run was crafted on this model (not independent evidence); "
+                   "held-out: an installed embedder the run did not craft on; independent: never a crafting model "
+                   "(dlib, the headline). Embedding shift: mean clean-vs-cloaked distance under the judge's metric "
+                   "(cosine drop for embedders).</p>")
+        ts = [k[: -len("_protection_rate")] for k in loo_rows[0] if k.endswith("_protection_rate")
+              and k != "protection_rate"]
+        cols = [("run_id", "run"), ("judge", "judge"), ("role", "role"), ("clean_accuracy", "clean accuracy"),
+                ("protection_rate", "protection rate"), ("embedding_shift", "embedding shift")] + [
+            (f"{t}_protection_rate", f"{t} protection rate") for t in ts]
+        out.append(table(loo_rows, cols, left=("run_id", "judge", "role")))
+
     # ---- curve
     if curve_png_b64:
         out.append("<h2>Fooling rate versus eps</h2>")
