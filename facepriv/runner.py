@@ -69,7 +69,7 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
               s3_endpoint: str | None = None, retries: int = 5, progress: bool = True,
               log: Callable[[str], None] = print, log_every: float = 0.0, incremental: bool = True,
               torch_threads: int | None = None,
-              on_rows: Callable[[list[dict]], None] | None = None) -> dict[str, Any]:
+              on_rows: Callable[[list[dict]], None] | None = None, force_lock: bool = False) -> dict[str, Any]:
     """Cloak SRC into DST on Ray; returns summary.json's content (also written under DST).
 
     Streaming: the listing is read lazily by a Ray Data source (facepriv/listing.py) and
@@ -78,15 +78,28 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
     DST/_facepriv/manifest/ first, and workers skip photos already cloaked with the same
     content and settings (facepriv/incremental.py); this run is folded in at the end.
     Worker faults: actors restart and their batches are retried (outputs are written
-    atomically, so a retried photo just overwrites its own file).
+    atomically, so a retried photo just overwrites its own file). One run per DST: the run
+    holds DST's lease (facepriv/dstlock.py) from start to end; `force_lock` takes it over.
     """
+    from .dstlock import DstLock
+
+    src_a, dst_a = open_pair(src, dst, s3_endpoint, retries)
+    run_id = new_run_id()
+    with DstLock(dst_a, run_id) as lock:
+        lock.acquire(force=force_lock)
+        return _run_cloak(src, dst, src_a, dst_a, run_id, lock, settings, address=address, workers=workers,
+                          gpus_per_worker=gpus_per_worker, batch_size=batch_size, s3_endpoint=s3_endpoint,
+                          retries=retries, progress=progress, log=log, log_every=log_every,
+                          incremental=incremental, torch_threads=torch_threads, on_rows=on_rows)
+
+
+def _run_cloak(src, dst, src_a, dst_a, run_id, lock, settings, *, address, workers, gpus_per_worker, batch_size,
+               s3_endpoint, retries, progress, log, log_every, incremental, torch_threads, on_rows):
     from . import incremental as inc
     from .listing import ListingSource, count_async
     from .progress import Progress
     from .worker import ShardWorker
 
-    src_a, dst_a = open_pair(src, dst, s3_endpoint, retries)
-    run_id = new_run_id()
     ray = init_ray(address)
     workers, gpw, threads = cluster_plan(workers, gpus_per_worker)
     threads = torch_threads or threads
@@ -113,7 +126,8 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
     )
     bar = Progress(lambda: counter.total, bar=progress, log_every=log_every, log=log)
     try:
-        _consume(out.iter_batches(batch_format="pyarrow", batch_size=None), dst_a, rdir, tally, bar, on_rows)
+        _consume(out.iter_batches(batch_format="pyarrow", batch_size=None), dst_a, rdir, tally, bar, on_rows,
+                 lock.heartbeat)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
@@ -126,9 +140,11 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
     return summary
 
 
-def _consume(batches: Iterable, dst: Archive, rdir: str, tally: Tally, bar, on_rows=None) -> None:
+def _consume(batches: Iterable, dst: Archive, rdir: str, tally: Tally, bar, on_rows=None, heartbeat=None) -> None:
     part = 0
     for table in batches:
+        if heartbeat is not None:
+            heartbeat()
         rows = table.to_pylist()
         if not rows:
             continue
@@ -144,14 +160,23 @@ def _consume(batches: Iterable, dst: Archive, rdir: str, tally: Tally, bar, on_r
 def run_in_process(src: str, dst: str, settings: CloakSettings, batch_size: int = 8,
                    s3_endpoint: str | None = None) -> dict[str, Any]:
     """The same pipeline without Ray (a plain loop): for tests and baselines."""
+    from .dstlock import DstLock
+
     src_a, dst_a = open_pair(src, dst, s3_endpoint)
     run_id = new_run_id()
+    with DstLock(dst_a, run_id) as lock:
+        lock.acquire()
+        return _run_in_process(src, dst, src_a, dst_a, run_id, lock, settings, batch_size, s3_endpoint)
+
+
+def _run_in_process(src, dst, src_a, dst_a, run_id, lock, settings, batch_size, s3_endpoint):
     cloaker = Cloaker(src, dst, settings, run_id, s3_endpoint=s3_endpoint)
     keys = list(src_a.list_images())
     t0 = time.perf_counter()
     tally = Tally()
     rdir = manifest.run_dir(run_id)
     for i in range(0, len(keys), batch_size):
+        lock.heartbeat()
         rows = cloaker.process(keys[i : i + batch_size])
         dst_a.write_bytes(f"{rdir}/manifest/part-{i // batch_size:05d}.parquet", manifest.table_bytes(rows))
         tally.add_all(rows)
