@@ -96,6 +96,9 @@ def add_cloak_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--full", action="store_true",
                    help="re-cloak every photo; by default photos that DST's manifest says were already "
                         "cloaked with the same content (sha256) and settings are skipped (status skipped)")
+    r.add_argument("--force-lock", action="store_true",
+                   help="take over DST from another run's lease (_facepriv/lock.json). Only for a run that "
+                        "is dead: a lease without a heartbeat for 10 minutes is taken over anyway")
     add_io_options(p)
 
 
@@ -125,7 +128,7 @@ def cmd_cloak(args: argparse.Namespace) -> int:
         args.src, args.dst, settings_from_args(args), address=args.address, workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, batch_size=args.batch_size, s3_endpoint=args.s3_endpoint,
         retries=args.retries, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr, flush=True),
-        log_every=args.log_every, incremental=not args.full,
+        log_every=args.log_every, incremental=not args.full, force_lock=args.force_lock,
     )
     print_summary(summary, args.dst)
     if getattr(args, "strict", False) and summary.get("errors"):
