@@ -17,7 +17,7 @@ photos (copied into a temporary SRC) with the same surrogate checkpoint:
   every step (kappa = inf, so the per-face early stop never fires); the ratio is the
   pipeline's whole wall time (decode, detect, attack, encode, write, judge) over that;
 * peak RSS of a cloak of N and of 10N photos (the same photos under new keys), each in its
-  own fresh child process, which reports its own `ru_maxrss` at the end.
+  own fresh child process, which reports its own peak RSS (VmHWM) at the end.
 
 Nothing here changes what a cloak writes; the functions are plain measurements with their
 I/O in temporary folders.
@@ -304,9 +304,7 @@ def peak_rss_child(src: Path, dst: Path, settings, batch_size: int = 8, threads:
 
 
 def _rss_child_main(payload: str) -> None:
-    """Entry point of the RSS child: run the cloak, print photos and ru_maxrss (bytes)."""
-    import resource
-
+    """Entry point of the RSS child: run the cloak, print photos and its peak RSS (bytes)."""
     from .pipeline import CloakSettings
     from .runner import run_in_process
 
@@ -316,9 +314,23 @@ def _rss_child_main(payload: str) -> None:
     s = p["settings"]
     s["thresholds"] = tuple(s["thresholds"])
     summary = run_in_process(p["src"], p["dst"], CloakSettings(**s), batch_size=p["batch_size"])
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     print(json.dumps({"photos": summary["inputs"], "faces": summary["faces"], "seconds": summary["seconds"],
-                      "peak_rss_bytes": rss}))
+                      "peak_rss_bytes": peak_rss_self()}))
+
+
+def peak_rss_self() -> int:
+    """This process's peak RSS in bytes. Linux: VmHWM, which belongs to the process image
+    (getrusage's ru_maxrss is kept across execve, so a child started from a big parent would
+    report the parent's size); elsewhere ru_maxrss."""
+    import resource
+
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 # -- the whole bench ---------------------------------------------------------------------------------
