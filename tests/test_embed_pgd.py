@@ -4,6 +4,7 @@ are present, one real-model run through the strategy."""
 
 from __future__ import annotations
 
+import json
 import os
 import types
 
@@ -238,3 +239,28 @@ def test_preset_protect_fills_unset_options_and_explicit_flags_win(tmp_path, mon
     s = settings_from_args(build_parser().parse_args(["cloak", "a", "b"]))
     assert (s.attack, s.eps, s.steps, s.surrogate, s.momentum, s.min_psnr) == ("fgsm", 8.0, 10, None, 0.0, None)
     assert "surrogate" not in s.output_fields(None)
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED), reason=f"pretrained TF.js models not present at {SHARED}")
+def test_pipeline_embed_pgd_without_model_or_labels_meets_psnr_budget(tmp_path):
+    """Cloaker with --attack embed-pgd, no --model: written files meet --min-psnr, faces recorded."""
+    import shutil
+    from pathlib import Path
+
+    from facepriv.pipeline import CloakSettings, Cloaker
+
+    sample = Path(__file__).resolve().parents[1] / "examples" / "sample" / "test"
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "p").mkdir(parents=True)
+    files = sorted((sample / "Colin_Powell").iterdir())[:2]
+    for f in files:
+        shutil.copy(f, src / "p" / f.name)
+    s = CloakSettings(attack="embed-pgd", surrogate=os.path.join(SHARED, "mobileface.json"), eps=12, steps=2,
+                      momentum=1.0, input_diversity=0.5, min_psnr=36.0, device="cpu")
+    rows = Cloaker(str(src), str(dst), s, "t").process([f"p/{f.name}" for f in files])
+    for r in rows:
+        assert r["status"] == "ok", r["reason"]
+        assert r["n_faces"] >= 1 and all(f["steps"] == 2 and f["linf"] > 0 for f in r["faces"])
+        assert r["psnr"] >= 36.0 and r["ssim"] < 1.0
+        assert (dst / r["source_key"]).is_file()
+    assert "surrogate" in json.loads(rows[0]["settings_json"])
