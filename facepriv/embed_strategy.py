@@ -15,12 +15,13 @@ cosine over the surrogates); no extra data is shipped. A face with no such partn
 chunk of one photo) gets the untargeted loss (a zero decoy). The choice therefore depends
 on which photos share a chunk (it is not recorded; it is only the direction of the push).
 
-Quality budget (``min_psnr`` / ``min_ssim``): after the attack, each region's perturbation
-is scaled down by the largest factor in [0, 1] (binary search, 8 halvings) at which the
-region - quantised and JPEG round-tripped as it will be written - still has PSNR >=
-min_psnr and SSIM >= min_ssim against the original region. The region is a sub-image of
-the photo and the rest of the photo changes no more than JPEG re-encoding does, so the
-photo's PSNR/SSIM are at least the region's (the per-region check is conservative).
+Quality budget (``min_psnr`` / ``min_ssim``): after the attack, each photo's perturbation
+(all its faces in the chunk together) is scaled down by the largest factor in [0, 1]
+(binary search, 8 halvings) at which the photo - pasted as uint8, encoded exactly as the
+pipeline will write it (format, quality) and decoded - still has PSNR >= min_psnr and SSIM
+>= min_ssim against the original: the numbers the manifest records. Exact when all of a
+photo's faces fall in one chunk (``face_batch``, default 32); faces of later chunks can
+lower a photo's numbers further. Bare FaceItems without their photo are checked per region.
 
 Not resumable: the pipeline's verify stage re-detects and re-classifies with a classifier;
 with no labels there is nothing to re-attack toward, so faces are attacked once.
@@ -63,28 +64,11 @@ def choose_decoys(clean: list[torch.Tensor], groups: list[object]) -> list[int |
 
 def scale_to_budget(orig: np.ndarray, adv: np.ndarray, written, min_psnr: float | None,
                     min_ssim: float | None, iters: int = 8) -> tuple[np.ndarray, float]:
-    """Largest s in [0,1] (binary search) with written(round(orig + s*(adv-orig))) meeting the
-    budget vs orig. orig/adv: (h,w,3) float 0-255 arrays; written: uint8 (h,w,3) -> uint8.
-    Returns (the uint8 region as it will be written before the file's own encoding, s)."""
-    o8 = np.clip(np.round(orig), 0, 255).astype(np.uint8)
-
-    def at(s: float) -> np.ndarray:
-        return np.clip(np.round(orig + s * (adv - orig)), 0, 255).astype(np.uint8)
-
-    def ok(s: float) -> bool:
-        w = written(at(s))
-        return (min_psnr is None or psnr(o8, w) >= min_psnr) and (min_ssim is None or ssim(o8, w) >= min_ssim)
-
-    if (min_psnr is None and min_ssim is None) or ok(1.0):
-        return at(1.0), 1.0
-    lo, hi = 0.0, 1.0
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid
-    return at(lo), lo
+    """One region on its own: the largest s (see `largest_scale`) with
+    written(round(orig + s*(adv-orig))) within the budget vs orig. orig/adv: (h,w,3) float
+    0-255; written: uint8 -> uint8. Returns (the uint8 region at s, s)."""
+    sc = largest_scale(_region_measure(orig, adv, written), min_psnr, min_ssim, iters)
+    return np.clip(np.round(orig + sc * (adv - orig)), 0, 255).astype(np.uint8), sc
 
 
 @register("embed-pgd")
@@ -137,15 +121,84 @@ class EmbedPGDStrategy:
         min_psnr, min_ssim = getattr(s, "min_psnr", None), getattr(s, "min_ssim", None)
         self.last_scales = [1.0] * len(chunk)
         if min_psnr is not None or min_ssim is not None:
-            adv = adv.clone()
-            for i, ((h, w), q) in enumerate(zip(sizes, pre.qualities if pre is not None else [None] * len(chunk))):
-                orig = x[i, :, :h, :w].permute(1, 2, 0).cpu().numpy() * 255
-                cand = adv[i, :, :h, :w].permute(1, 2, 0).cpu().numpy() * 255
-                written = _writer(q)
-                region, sc = scale_to_budget(orig, cand, written, min_psnr, min_ssim)
-                self.last_scales[i] = sc
-                adv[i, :, :h, :w] = torch.from_numpy(region).to(adv).permute(2, 0, 1) / 255
+            adv = self._fit_budget(chunk, x, adv, sizes, pre, min_psnr, min_ssim)
         return adv, used.tolist()
+
+
+    def _fit_budget(self, chunk, x, adv, sizes, pre, min_psnr, min_ssim) -> torch.Tensor:
+        """Scale each photo's perturbation (one factor for all its faces in the chunk) to the
+        largest that keeps the photo, encoded exactly as the pipeline will write it, within
+        the budget. Without the photo (bare FaceItems) each region is checked on its own."""
+        adv = adv.clone()
+        groups: dict[int, list[int]] = {}
+        for i, it in enumerate(chunk):
+            groups.setdefault(id(it.photo), []).append(i)
+        quals = pre.qualities if pre is not None else [None] * len(chunk)
+        for idx in groups.values():
+            photo = chunk[idx[0]].photo
+            origs = [x[i, :, :h, :w].permute(1, 2, 0).cpu().numpy() * 255 for i, (h, w) in
+                     ((i, sizes[i]) for i in idx)]
+            cands = [adv[i, :, :h, :w].permute(1, 2, 0).cpu().numpy() * 255 for i, (h, w) in
+                     ((i, sizes[i]) for i in idx)]
+            if getattr(photo, "cloaked", None) is not None and getattr(photo, "decoded", None) is not None:
+                measure = _photo_measure(photo, [chunk[i].region for i in idx], origs, cands, s=self.s)
+            else:
+                measure = _region_measure(origs[0], cands[0], _writer(quals[idx[0]]))
+            sc = largest_scale(measure, min_psnr, min_ssim)
+            for i, o, c in zip(idx, origs, cands):
+                h, w = sizes[i]
+                region = np.clip(np.round(o + sc * (c - o)), 0, 255)
+                adv[i, :, :h, :w] = torch.from_numpy(region).to(adv).permute(2, 0, 1) / 255
+                self.last_scales[i] = sc
+        return adv
+
+
+def largest_scale(measure, min_psnr: float | None, min_ssim: float | None, iters: int = 8) -> float:
+    """Largest s in [0, 1] (binary search, resolution 2^-iters) with measure(s) = (psnr, ssim)
+    meeting the budget; 1.0 when the full perturbation does, 0.0 when nothing does."""
+    def ok(s: float) -> bool:
+        p, q = measure(s)
+        return (min_psnr is None or p >= min_psnr) and (min_ssim is None or q >= min_ssim)
+
+    if (min_psnr is None and min_ssim is None) or ok(1.0):
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _region_measure(orig: np.ndarray, adv: np.ndarray, written):
+    o8 = np.clip(np.round(orig), 0, 255).astype(np.uint8)
+
+    def measure(s: float):
+        w = written(np.clip(np.round(orig + s * (adv - orig)), 0, 255).astype(np.uint8))
+        return psnr(o8, w), ssim(o8, w)
+
+    return measure
+
+
+def _photo_measure(photo, regions, origs, cands, s):
+    """measure(scale) on the whole photo as the pipeline will write it (pasted as uint8 into
+    the photo's current cloak, encoded with the output format and quality, decoded)."""
+    from . import imageio
+
+    base = photo.cloaked
+    ref = photo.decoded.rgb
+
+    def measure(sc: float):
+        canvas = base.copy()
+        for (rx0, ry0, rx1, ry1), o, c in zip(regions, origs, cands):
+            canvas[ry0:ry1, rx0:rx1] = np.clip(np.round(o + sc * (c - o)), 0, 255).astype(np.uint8)
+        data, _ = imageio.encode(canvas, photo.decoded, s.jpeg_quality, s.keep_metadata)
+        back = imageio.decode(data, max_pixels=2**62).rgb
+        return psnr(ref, back), ssim(ref, back)
+
+    return measure
 
 
 def _writer(quality: int | None):
