@@ -43,6 +43,9 @@ def _gauss(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return g / g.sum()
 
 
+SSIM_TILE = 128  # output rows/cols per tile of the SSIM map
+
+
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM (Wang et al. 2004, Gaussian window 11/1.5) on luma, for uint8 RGB or gray images."""
 
@@ -56,26 +59,38 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
         return 1.0 if np.array_equal(a, b) else float(_ssim_global(luma(a), luma(b)))
     # Where a window holds no changed pixel, x == y there and its SSIM is exactly 1 in float
     # arithmetic too (2*mx*my == mx*mx + my*my, 2*sxy == sxx + syy bit for bit); so the map is
-    # computed only over the windows that touch changed pixels and the rest count as 1.
+    # computed tile by tile, only for the tiles whose windows touch changed pixels (a cloak
+    # changes face regions), and the other windows count as 1.
     box = changed_box(a, b, pad=10)
     if box is None:
         return 1.0
-    y0, y1, x0, x1 = box
-    n_total = (a.shape[0] - 10) * (a.shape[1] - 10)
-    x, y = luma(a[y0:y1, x0:x1]), luma(b[y0:y1, x0:x1])
+    changed = a != b
+    if changed.ndim == 3:
+        changed = changed.any(2)
+    h, w = a.shape[0] - 10, a.shape[1] - 10  # the map's size (valid windows)
+    total, counted = 0.0, 0
+    t = SSIM_TILE
+    for i0 in range(max(0, box[0]), min(h, box[1]), t):
+        for j0 in range(max(0, box[2]), min(w, box[3]), t):
+            i1, j1 = min(h, i0 + t), min(w, j0 + t)
+            if not changed[i0 : i1 + 10, j0 : j1 + 10].any():
+                continue
+            m = _ssim_map(luma(a[i0 : i1 + 10, j0 : j1 + 10]), luma(b[i0 : i1 + 10, j0 : j1 + 10]))
+            total += float(m.double().sum())
+            counted += m.numel()
+    n_total = h * w
+    return (total + (n_total - counted)) / n_total
+
+
+def _ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The SSIM map over the valid 11x11 windows of two (1,1,H,W) luma tensors."""
     g = _gauss()
     wx, wy = g.view(1, 1, 1, -1), g.view(1, 1, -1, 1)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(t, wx), wy)
-
+    stats = torch.cat([x, y, x * x, y * y, x * y])  # one batched blur for the five moments
+    mx, my, bxx, byy, bxy = F.conv2d(F.conv2d(stats, wx), wy)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mx, my = blur(x), blur(y)
-    sxx = blur(x * x) - mx * mx
-    syy = blur(y * y) - my * my
-    sxy = blur(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    return (float(s.double().sum()) + (n_total - s.numel())) / n_total
+    sxx, syy, sxy = bxx - mx * mx, byy - my * my, bxy - mx * my
+    return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
 
 
 def _ssim_global(x: torch.Tensor, y: torch.Tensor) -> float:
