@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from . import geometry
-from .attacks.embed_pgd import JitteredAlign, embed_pgd
+from .attacks.embed_pgd import JitteredAlign, embed_pgd, texture_map
 from .errors import FacePrivError
 from .metrics import psnr, ssim
 from .strategies import FaceItem, WrittenModel, register
@@ -115,9 +115,11 @@ class EmbedPGDStrategy:
             pick = choose_decoys(clean, [it.photo for it in chunk])
             decoys = [torch.stack([c[j] if j is not None else torch.zeros_like(c[i]) for i, j in enumerate(pick)])
                       for c in clean]
+        t = float((getattr(s, "extra", None) or {}).get("texture_mask") or 0.0)
+        emap = texture_map(x, t) if t > 0 else None
         adv, used = embed_pgd(models, x, eps=s.eps, steps=s.steps, alpha=s.alpha, loss=loss, clean=clean,
                               decoys=decoys, momentum=getattr(s, "momentum", 0.0),
-                              ti_sigma=getattr(s, "ti_sigma", 0.0), pre=pre)
+                              ti_sigma=getattr(s, "ti_sigma", 0.0), pre=pre, eps_map=emap)
         min_psnr, min_ssim = getattr(s, "min_psnr", None), getattr(s, "min_ssim", None)
         self.last_scales = [1.0] * len(chunk)
         if min_psnr is not None or min_ssim is not None:

@@ -264,3 +264,17 @@ def test_pipeline_embed_pgd_without_model_or_labels_meets_psnr_budget(tmp_path):
         assert r["psnr"] >= 36.0 and r["ssim"] < 1.0
         assert (dst / r["source_key"]).is_file()
     assert "surrogate" in json.loads(rows[0]["settings_json"])
+
+
+def test_texture_map_limits_change_in_flat_areas():
+    from facepriv.attacks.embed_pgd import texture_map
+
+    x, lm = _regions()
+    x = x.clone()
+    x[:, :, :, :24] = 0.5  # left half flat
+    m = texture_map(x, 12.0)
+    assert m.shape == (3, 1, 48, 48) and float(m.max()) <= 1.0
+    assert float(m[..., 4:44, 2:10].mean()) < float(m[..., 4:44, 38:46].mean())
+    models = _models(lm)
+    adv, _ = embed_pgd(models, x, eps=8, steps=5, eps_map=m)
+    assert ((adv - x).abs() <= m * 8 / 255 + 1e-6).all()

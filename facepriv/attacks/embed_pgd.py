@@ -83,12 +83,15 @@ def embed_pgd(models: Sequence[Model], x: torch.Tensor, eps: float = 8.0, steps:
               alpha: float | None = None, loss: str = "untargeted",
               clean: Sequence[torch.Tensor] | None = None, decoys: Sequence[torch.Tensor] | None = None,
               momentum: float = 0.0, ti_sigma: float = 0.0, pre: Model | None = None,
-              x_init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              x_init: torch.Tensor | None = None,
+              eps_map: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PGD in L-inf against embedding models. Returns (x_adv, steps used per face).
 
     `clean[k]` / `decoys[k]`: unit embeddings (B,D_k) for model k (clean defaults to the
     models' embeddings of x; decoys are required for loss="decoy"). alpha defaults to
     max(2 * eps / steps, 0.25). Every face takes all `steps` (there is no label to stop on).
+    `eps_map` (broadcastable to x, values in [0, 1]) scales eps and the step per pixel (e.g.
+    `texture_map`: less change where the photo is flat, where SSIM and the eye notice it).
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
@@ -103,6 +106,8 @@ def embed_pgd(models: Sequence[Model], x: torch.Tensor, eps: float = 8.0, steps:
     dec = [d.detach() for d in decoys] if loss == "decoy" else [None] * len(models)
     e = eps / 255.0
     a = (alpha if alpha is not None else max(2.0 * eps / max(steps, 1), 0.25)) / 255.0
+    if eps_map is not None:
+        e, a = e * eps_map.to(x), a * eps_map.to(x)
     xa = x.clone() if x_init is None else torch.min(torch.max(x_init.detach(), x - e), x + e).clamp(0, 1)
     g = torch.zeros_like(x)
     for _ in range(steps):
@@ -119,6 +124,20 @@ def embed_pgd(models: Sequence[Model], x: torch.Tensor, eps: float = 8.0, steps:
         step = xa - a * g.sign()  # descend: the loss is a similarity to the clean face
         xa = torch.min(torch.max(step, x - e), x + e).clamp(0, 1).detach()
     return xa, torch.full((len(x),), steps, dtype=torch.long, device=x.device)
+
+
+def texture_map(x: torch.Tensor, t: float) -> torch.Tensor:
+    """Per-pixel eps scale in (0, 1] (B,1,H,W) from local luma contrast, shaped like SSIM's
+    tolerance: a change of variance v in a window of signal std s costs about
+    v / (2 s^2 + C2) of SSIM, so the allowed change grows as sqrt(2 s^2 + C2); full eps where
+    the local std (Gaussian 11/1.5 window, 0-255 units) reaches `t`."""
+    c2 = (0.03 * 255) ** 2
+    y = (x[:, 0:1] * 0.299 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114) * 255
+    k = gaussian_kernel(1.5).to(x)[None, None]
+    pad = k.shape[-1] // 2
+    mu = F.conv2d(F.pad(y, [pad] * 4, mode="replicate"), k)
+    var = (F.conv2d(F.pad(y * y, [pad] * 4, mode="replicate"), k) - mu * mu).clamp_min(0)
+    return ((2 * var + c2) / (2 * t * t + c2)).sqrt().clamp(max=1.0)
 
 
 class JitteredAlign(AlignModel):
