@@ -19,14 +19,15 @@ from .errors import FacePrivError
 PRESETS: dict[str, dict] = {
     "protect": {
         "attack": "embed-pgd", "surrogate": None, "embed_loss": "untargeted", "eps": 8.0, "steps": 20,
-        "alpha": None, "momentum": 1.0, "input_diversity": 0.5, "ti_sigma": 0.0, "min_psnr": 35.0,
-        "min_ssim": 0.95,
+        "alpha": None, "momentum": 1.0, "input_diversity": 0.5, "ti_sigma": 0.0, "texture_mask": 0.0,
+        "min_psnr": 35.0, "min_ssim": 0.95,
     },
 }
 
 # The plain defaults (no preset).
 DEFAULTS: dict = {"attack": "fgsm", "eps": 8.0, "steps": 10, "surrogate": None, "embed_loss": "untargeted",
-                  "momentum": 0.0, "input_diversity": 0.0, "ti_sigma": 0.0, "min_psnr": None, "min_ssim": None}
+                  "momentum": 0.0, "input_diversity": 0.0, "ti_sigma": 0.0, "min_psnr": None, "min_ssim": None,
+            "texture_mask": 0.0}
 
 
 def add_embed_options(a: argparse._ArgumentGroup) -> None:
@@ -50,6 +51,10 @@ def add_embed_options(a: argparse._ArgumentGroup) -> None:
                         "the original (the perturbation is scaled down until it does; the photo's PSNR is higher)")
     a.add_argument("--min-ssim", type=float, default=None, metavar="S",
                    help="embed-pgd: the same for SSIM (e.g. 0.95)")
+    a.add_argument("--texture-mask", type=float, default=None, metavar="T",
+                   help="embed-pgd: per-pixel eps shaped like SSIM's tolerance - full eps where the local contrast "
+                        "(std of luma in an 11-px Gaussian window, 0-255) reaches T, less in flat skin and sky "
+                        "(about 0.4 eps where flat for T=15); 0 = uniform eps (default 0)")
     a.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="protect: the best label-free configuration measured against an unseen recogniser (dlib) - "
                         "embed-pgd on an ensemble of all installed surrogates (`facepriv models install`), "

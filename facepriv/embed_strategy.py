@@ -115,7 +115,7 @@ class EmbedPGDStrategy:
             pick = choose_decoys(clean, [it.photo for it in chunk])
             decoys = [torch.stack([c[j] if j is not None else torch.zeros_like(c[i]) for i, j in enumerate(pick)])
                       for c in clean]
-        t = float((getattr(s, "extra", None) or {}).get("texture_mask") or 0.0)
+        t = float(getattr(s, "texture_mask", 0.0) or 0.0)
         emap = texture_map(x, t) if t > 0 else None
         adv, used = embed_pgd(models, x, eps=s.eps, steps=s.steps, alpha=s.alpha, loss=loss, clean=clean,
                               decoys=decoys, momentum=getattr(s, "momentum", 0.0),

@@ -34,7 +34,8 @@ from .models.checkpoint import load_checkpoint
 from .strategies import FaceItem, make as make_strategy
 
 
-EMBED_FIELDS = ("surrogate", "embed_loss", "momentum", "input_diversity", "ti_sigma", "min_psnr", "min_ssim")
+EMBED_FIELDS = ("surrogate", "embed_loss", "momentum", "input_diversity", "ti_sigma", "min_psnr", "min_ssim",
+                "texture_mask")
 
 
 @dataclass
@@ -71,6 +72,7 @@ class CloakSettings:
     ti_sigma: float = 0.0  # translation-invariant gradient smoothing, Gaussian sigma in px (0 = off)
     min_psnr: float | None = None  # quality budget per face region (dB)
     min_ssim: float | None = None
+    texture_mask: float = 0.0  # > 0: per-pixel eps shaped like SSIM's tolerance, full eps at this local std
 
     def output_fields(self, model_sha: str | None) -> dict[str, Any]:
         d = dataclasses.asdict(self)
