@@ -229,9 +229,12 @@ def test_preset_protect_fills_unset_options_and_explicit_flags_win(tmp_path, mon
         (tmp_path / "models" / f"{n}.pt").write_bytes(b"")
     s = settings_from_args(build_parser().parse_args(["cloak", "a", "b", "--preset", "protect"]))
     p = PRESETS["protect"]
-    assert s.attack == "embed-pgd" and s.surrogate == "faceres,mobilefacenet"
-    assert (s.eps, s.steps, s.momentum, s.input_diversity, s.min_psnr) == (
-        p["eps"], p["steps"], p["momentum"], p["input_diversity"], p["min_psnr"])
+    assert s.attack == "embed-pgd" and s.surrogate == "mobilefacenet"  # the preferred one when installed
+    assert (s.eps, s.steps, s.momentum, s.input_diversity, s.min_psnr, s.texture_mask) == (
+        p["eps"], p["steps"], p["momentum"], p["input_diversity"], p["min_psnr"], p["texture_mask"])
+    (tmp_path / "models" / "mobilefacenet.pt").unlink()
+    s = settings_from_args(build_parser().parse_args(["cloak", "a", "b", "--preset", "protect"]))
+    assert s.surrogate == "faceres"  # else every installed one
     s = settings_from_args(build_parser().parse_args(
         ["cloak", "a", "b", "--preset", "protect", "--eps", "3", "--surrogate", "x.pt", "--momentum", "0"]))
     assert (s.eps, s.surrogate, s.momentum, s.steps) == (3.0, "x.pt", 0.0, p["steps"])
