@@ -107,6 +107,7 @@ class _Photo:
     faces: list[dict[str, Any]] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
     verified: tuple | None = None  # (bytes, format, sha256, re-detection) of the would-be file
+    clean: tuple | None = None  # surrogate (pred, conf) on the original faces
 
 
 class Cloaker:
@@ -304,7 +305,7 @@ class Cloaker:
                 continue
             _, judge_boxes = _match(p.det, rd)
             pred, _ = self._classify(back, judge_boxes)
-            clean, _ = self._classify(p.decoded.rgb, p.det.boxes)
+            clean, _ = self._clean(p)
             for i in range(len(p.det)):
                 target = self._target_for(p, i)
                 if self.settings.target is not None:
@@ -342,11 +343,25 @@ class Cloaker:
     # -- judge ----------------------------------------------------------------------------
     @torch.no_grad()
     def _classify(self, rgb: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        img = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div_(255)
-        x = geometry.crop_faces(img, boxes, self.loaded.model.input_size)
-        prob = torch.softmax(self.loaded.model(x), 1)
+        """Surrogate predictions for faces of one photo: each square crop is cut from the uint8
+        photo first (never a float copy of the whole photo), then resized as `crop_faces` does."""
+        h, w = rgb.shape[:2]
+        size = self.loaded.model.input_size
+        crops = []
+        for b in boxes:
+            x0, y0, x1, y1 = geometry.int_box(geometry.square_box(b), w, h)
+            patch = torch.from_numpy(np.ascontiguousarray(rgb[y0:y1, x0:x1])).to(self.device)
+            patch = patch.permute(2, 0, 1).float().div_(255)[None]
+            crops.append(geometry.crop_resize(patch, [(0, 0, x1 - x0, y1 - y0)], size))
+        prob = torch.softmax(self.loaded.model(torch.cat(crops)), 1)
         conf, pred = prob.max(1)
         return pred.cpu().numpy(), conf.cpu().numpy()
+
+    def _clean(self, p: _Photo) -> tuple[np.ndarray, np.ndarray]:
+        """Predictions on the original faces, computed once per photo."""
+        if p.clean is None:
+            p.clean = self._classify(p.decoded.rgb, p.det.boxes)
+        return p.clean
 
     def _judge(self, photos: list[_Photo]) -> None:
         t = time.perf_counter()
@@ -384,7 +399,7 @@ class Cloaker:
         match, judge_boxes = _match(det, redet)
         has_model = self.loaded is not None
         if has_model:
-            cp, cc = self._classify(p.decoded.rgb, det.boxes)
+            cp, cc = self._clean(p)
             ap, ac = self._classify(rgb, judge_boxes)
         h, w = rgb.shape[:2]
         for i in range(len(det)):
