@@ -18,7 +18,7 @@ from .errors import FacePrivError
 # Values for the options a user did not give. "surrogate": None = every installed surrogate.
 PRESETS: dict[str, dict] = {
     "protect": {
-        "attack": "embed-pgd", "surrogate": None, "embed_loss": "untargeted", "eps": 12.0, "steps": 20,
+        "attack": "embed-pgd", "surrogate": None, "embed_loss": "decoy", "eps": 12.0, "steps": 20,
         "alpha": None, "momentum": 1.0, "input_diversity": 0.5, "ti_sigma": 0.0, "texture_mask": 15.0,
         "min_psnr": 35.0, "min_ssim": 0.95,
     },
