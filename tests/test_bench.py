@@ -135,7 +135,8 @@ def test_bench_writes_the_report(tmp_path, capsys):
     assert set(r["per_face_cost_ratio_pgd10_views1"]) == {"paper-cnn", "inception-resnet-v1"}
     assert isinstance(r["rss_ratio_10n_over_n"], float) and r["rss_ratio_10n_over_n"] > 0
     assert r["rss"]["n"]["photos"] == 2 and r["rss"]["10n"]["photos"] == 20
-    for run in ("facepriv_fgsm", "facepriv_pgd", "naive_fgsm", "naive_pgd"):
+    assert isinstance(r["speedup_vs_naive_fgsm_same_work"], float)
+    for run in ("facepriv_fgsm", "facepriv_fgsm_same_work", "facepriv_pgd", "naive_fgsm", "naive_pgd"):
         assert r[run]["photos"] == 3 and r[run]["faces"] >= 1 and r[run]["photos_per_s"] > 0
     cost = r["per_face"]["inception-resnet-v1"]["views2"]
     assert cost["attack_steps_per_face"] == 2  # kappa = inf: every step forced
