@@ -126,7 +126,6 @@ class EmbedPGDStrategy:
             adv = self._fit_budget(chunk, x, adv, sizes, pre, min_psnr, min_ssim)
         return adv, used.tolist()
 
-
     def _fit_budget(self, chunk, x, adv, sizes, pre, min_psnr, min_ssim) -> torch.Tensor:
         """Scale each photo's perturbation (one factor for all its faces in the chunk) to the
         largest that keeps the photo, encoded exactly as the pipeline will write it, within
@@ -145,7 +144,11 @@ class EmbedPGDStrategy:
             if getattr(photo, "cloaked", None) is not None and getattr(photo, "decoded", None) is not None:
                 measure = _photo_measure(photo, [chunk[i].region for i in idx], origs, cands, s=self.s)
             else:
-                measure = _region_measure(origs[0], cands[0], _writer(quals[idx[0]]))
+                each = [_region_measure(o, c, _writer(quals[i])) for i, o, c in zip(idx, origs, cands)]
+
+                def measure(sc, each=each):
+                    m = [f(sc) for f in each]
+                    return min(p for p, _ in m), min(q for _, q in m)
             sc = largest_scale(measure, min_psnr, min_ssim)
             for i, o, c in zip(idx, origs, cands):
                 h, w = sizes[i]
