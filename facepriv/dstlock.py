@@ -1,9 +1,10 @@
 """One run per DST at a time: a lease file with a heartbeat.
 
 `_facepriv/lock.json` under DST names the run that writes there (run id, host, pid, start
-and heartbeat times). A run takes the lease when there is none, when it is its own, or when
-the holder's heartbeat is older than `stale_after` seconds (a crashed run never blocks DST
-for ever); otherwise it refuses with a message naming the holder. The driver renews the
+and heartbeat times). A run takes the lease when there is none, when it is its own, when the
+holder ran on this host and its process is gone (a killed driver: resumed at once), or when
+the holder's heartbeat is older than `stale_after` seconds (a crashed run elsewhere never
+blocks DST for ever); otherwise it refuses with a message naming the holder. The driver renews the
 heartbeat while results stream in and removes the lease at the end.
 
 On a local disk the lease is created with O_EXCL (atomic). Object stores have no portable
@@ -32,17 +33,34 @@ class DstBusy(FacePrivError):
     pass
 
 
-def lease_state(lease: dict[str, Any] | None, run_id: str, now: float, stale_after: float = STALE_AFTER) -> str:
-    """free | ours | stale | busy: what a run may do with the lease it found (pure)."""
+def lease_state(lease: dict[str, Any] | None, run_id: str, now: float, stale_after: float = STALE_AFTER,
+                holder_alive: bool | None = None) -> str:
+    """free | ours | stale | busy: what a run may do with the lease it found (pure).
+    `holder_alive`: False when the holder is known dead (same host, no such process)."""
     if not lease:
         return "free"
     if lease.get("run_id") == run_id:
         return "ours"
+    if holder_alive is False:
+        return "stale"
     try:
         age = now - float(lease.get("heartbeat", 0))
     except (TypeError, ValueError):
         return "stale"
     return "stale" if age > stale_after else "busy"
+
+
+def holder_alive(lease: dict[str, Any] | None) -> bool | None:
+    """Whether the lease's process still runs: known only when it ran on this host."""
+    if not lease or lease.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(int(lease.get("pid")), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError, OverflowError):
+        return None
+    return True
 
 
 class DstLock:
@@ -71,7 +89,7 @@ class DstLock:
 
     def acquire(self, force: bool = False) -> None:
         lease = self.read()
-        state = lease_state(lease, self.run_id, self.clock(), self.stale_after)
+        state = lease_state(lease, self.run_id, self.clock(), self.stale_after, holder_alive(lease))
         if state == "busy" and not force:
             age = self.clock() - float(lease.get("heartbeat", 0))
             raise DstBusy(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -16,6 +17,28 @@ def test_lease_state_decisions():
     assert lease_state({"run_id": "b", "heartbeat": 90.0}, "a", 100.0, stale_after=60) == "busy"
     assert lease_state({"run_id": "b", "heartbeat": 10.0}, "a", 100.0, stale_after=60) == "stale"
     assert lease_state({"run_id": "b", "heartbeat": "garbage"}, "a", 100.0) == "stale"
+    assert lease_state({"run_id": "b", "heartbeat": 99.0}, "a", 100.0, holder_alive=False) == "stale"
+    assert lease_state({"run_id": "b", "heartbeat": 99.0}, "a", 100.0, holder_alive=True) == "busy"
+
+
+def test_a_killed_holder_on_this_host_is_taken_over_at_once(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from facepriv.dstlock import holder_alive
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lease = {"run_id": "killed", "host": socket.gethostname(), "pid": dead.pid, "heartbeat": 1e18}
+    assert holder_alive(lease) is False
+    assert holder_alive(dict(lease, pid=os.getpid())) is True
+    assert holder_alive(dict(lease, host="elsewhere")) is None
+    (tmp_path / LOCK_KEY).parent.mkdir(parents=True)
+    (tmp_path / LOCK_KEY).write_text(json.dumps(lease))
+    lock = DstLock(Archive(str(tmp_path), {}), "resumed")
+    lock.acquire()
+    assert json.loads((tmp_path / LOCK_KEY).read_text())["run_id"] == "resumed"
 
 
 class Clock:
