@@ -29,10 +29,20 @@ PRESETS: dict[str, dict] = {
 # under the PSNR/SSIM budget; adding mobileface to the ensemble halved dlib protection.
 PREFERRED: dict[str, tuple[str, ...]] = {"protect": ("mobilefacenet",)}
 
-# The plain defaults (no preset).
-DEFAULTS: dict = {"attack": "fgsm", "eps": 8.0, "steps": 10, "surrogate": None, "embed_loss": "untargeted",
-                  "momentum": 0.0, "input_diversity": 0.0, "ti_sigma": 0.0, "min_psnr": None, "min_ssim": None,
-            "texture_mask": 0.0}
+# Options whose CLI default is None (so a preset can tell what the user set); without a
+# preset they take CloakSettings' own defaults.
+PRESETTABLE = ("attack", "eps", "steps", "surrogate", "embed_loss", "momentum", "input_diversity", "ti_sigma",
+               "min_psnr", "min_ssim", "texture_mask")
+
+
+def defaults() -> dict:
+    """The plain defaults (no preset): CloakSettings' field defaults for the presettable options."""
+    import dataclasses
+
+    from .pipeline import CloakSettings
+
+    fields = {f.name: f.default for f in dataclasses.fields(CloakSettings)}
+    return {k: fields[k] for k in PRESETTABLE}
 
 
 def add_embed_options(a: argparse._ArgumentGroup) -> None:
@@ -52,8 +62,8 @@ def add_embed_options(a: argparse._ArgumentGroup) -> None:
                    help="embed-pgd: translation-invariant gradient smoothing, Gaussian sigma in pixels "
                         "(default 0 = off)")
     a.add_argument("--min-psnr", type=float, default=None, metavar="DB",
-                   help="embed-pgd: every face region, as it will be written, keeps at least this PSNR against "
-                        "the original (the perturbation is scaled down until it does; the photo's PSNR is higher)")
+                   help="embed-pgd: every photo, encoded as it will be written, keeps at least this PSNR against "
+                        "the original (each photo's perturbation is scaled down until it does)")
     a.add_argument("--min-ssim", type=float, default=None, metavar="S",
                    help="embed-pgd: the same for SSIM (e.g. 0.95)")
     a.add_argument("--texture-mask", type=float, default=None, metavar="T",
@@ -70,10 +80,10 @@ def add_embed_options(a: argparse._ArgumentGroup) -> None:
 
 
 def apply_preset(args: argparse.Namespace) -> None:
-    """Fill unset (None) options from --preset, then from DEFAULTS. With a preset whose
+    """Fill unset (None) options from --preset, then from `defaults()`. With a preset whose
     surrogate is None, use every installed surrogate (clear error when none is installed)."""
     preset = getattr(args, "preset", None)
-    values = dict(DEFAULTS)
+    values = defaults()
     if preset:
         values.update(PRESETS[preset])
     for k, v in values.items():

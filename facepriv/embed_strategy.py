@@ -48,7 +48,9 @@ class _Identity(torch.nn.Module):
 
 
 def specs_of(surrogate: str | None) -> list[str]:
-    return [s.strip() for s in (surrogate or "").split(",") if s.strip()]
+    from .models.store import parse_specs
+
+    return parse_specs(surrogate)
 
 
 def choose_decoys(clean: list[torch.Tensor], groups: list[object]) -> list[int | None]:
@@ -210,13 +212,6 @@ def _writer(quality: int | None):
     """uint8 region -> what the file will hold there (JPEG round trip at `quality`, else as is)."""
     if quality is None:
         return lambda a: a
-    import io
+    from .imageio import jpeg_round_trip
 
-    from PIL import Image
-
-    def f(a: np.ndarray) -> np.ndarray:
-        buf = io.BytesIO()
-        Image.fromarray(a).save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
-        return np.array(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-
-    return f
+    return lambda a: jpeg_round_trip(a, quality)

@@ -174,7 +174,7 @@ def encode(
         if ex and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
             kwargs["exif"] = ex
     if fmt == "JPEG":
-        kwargs.update(quality=jpeg_quality, subsampling=0 if jpeg_quality >= 90 else 2)
+        kwargs.update(jpeg_options(jpeg_quality))
     elif fmt == "WEBP":
         kwargs.update(quality=jpeg_quality, method=4)
     elif fmt == "PNG":
@@ -184,6 +184,18 @@ def encode(
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kwargs)
     return buf.getvalue(), fmt
+
+
+def jpeg_options(quality: int) -> dict:
+    """Pillow's JPEG save options for an output quality (full chroma from q90 up)."""
+    return {"quality": quality, "subsampling": 0 if quality >= 90 else 2}
+
+
+def jpeg_round_trip(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """What a JPEG written by `encode` at `quality` holds for these uint8 RGB pixels."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", **jpeg_options(quality))
+    return np.array(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
 def _is_gray(rgb: np.ndarray) -> bool:

@@ -38,15 +38,14 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_import_facenet(args: argparse.Namespace) -> int:
     from .models.checkpoint import save_checkpoint
     from .models.inception import FacenetEmbedder
+    from .models.install import write_checkpoint
 
     out = args.out or store.installed_path(args.name)
     _log(f"importing facenet-pytorch InceptionResnetV1 weights {args.weights} ...")
     net = FacenetEmbedder(args.weights, name=args.name)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".part"
-    sha = save_checkpoint(tmp, net, arch="facenet-embedder", classes=[], build={"name": args.name},
-                          kind="embedder", crop=net.crop, name=args.name, source=os.path.abspath(args.weights))
-    os.replace(tmp, out)
+    sha = write_checkpoint(out, lambda tmp: save_checkpoint(
+        tmp, net, arch="facenet-embedder", classes=[], build={"name": args.name}, kind="embedder", crop=net.crop,
+        name=args.name, source=os.path.abspath(args.weights)))
     print(f"{out}: {args.name}, InceptionResnetV1, input 160x160, 512-d, crop {net.crop}, sha256 {sha[:16]}...")
     return 0
 

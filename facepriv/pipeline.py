@@ -70,7 +70,7 @@ class CloakSettings:
     momentum: float = 0.0  # MI-FGSM momentum (0 = off)
     input_diversity: float = 0.0  # probability of a random alignment jitter per face and step
     ti_sigma: float = 0.0  # translation-invariant gradient smoothing, Gaussian sigma in px (0 = off)
-    min_psnr: float | None = None  # quality budget per face region (dB)
+    min_psnr: float | None = None  # quality budget per written photo (dB)
     min_ssim: float | None = None
     texture_mask: float = 0.0  # > 0: per-pixel eps shaped like SSIM's tolerance, full eps at this local std
 
@@ -234,13 +234,16 @@ class Cloaker:
         retry = getattr(self.strategy, "resumable", False) and self.loaded is not None
         rounds = self.settings.verify_rounds if retry else 0
         if self.settings.judge or rounds:
+            todo = [p for p in photos if p.steps]
             for r in range(rounds + 1):
                 tv = time.perf_counter()
-                again = self._verify([p for p in photos if p.steps], retry=r < rounds)
+                again = self._verify(todo, retry=r < rounds)
                 t_verify += time.perf_counter() - tv
                 if not again:
                     break
                 self._run_strategy(again)
+                # only photos re-attacked changed; the others' verified bytes and detection stand
+                todo = list({id(it.photo): it.photo for it in again}.values())
         dt = time.perf_counter() - t - t_verify
         total_faces = max(len(items), 1)
         for p in photos:

@@ -81,63 +81,54 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
     atomically, so a retried photo just overwrites its own file). One run per DST: the run
     holds DST's lease (facepriv/dstlock.py) from start to end; `force_lock` takes it over.
     """
+    from . import incremental as inc
     from .dstlock import DstLock
+    from .listing import ListingSource, count_async
+    from .progress import Progress
+    from .worker import ShardWorker
 
     src_a, dst_a = open_pair(src, dst, s3_endpoint, retries)
     run_id = new_run_id()
     with DstLock(dst_a, run_id) as lock:
         lock.acquire(force=force_lock)
-        return _run_cloak(src, dst, src_a, dst_a, run_id, lock, settings, address=address, workers=workers,
-                          gpus_per_worker=gpus_per_worker, batch_size=batch_size, s3_endpoint=s3_endpoint,
-                          retries=retries, progress=progress, log=log, log_every=log_every,
-                          incremental=incremental, torch_threads=torch_threads, on_rows=on_rows)
-
-
-def _run_cloak(src, dst, src_a, dst_a, run_id, lock, settings, *, address, workers, gpus_per_worker, batch_size,
-               s3_endpoint, retries, progress, log, log_every, incremental, torch_threads, on_rows):
-    from . import incremental as inc
-    from .listing import ListingSource, count_async
-    from .progress import Progress
-    from .worker import ShardWorker
-
-    ray = init_ray(address)
-    workers, gpw, threads = cluster_plan(workers, gpus_per_worker)
-    threads = torch_threads or threads
-    if incremental:
-        folded = inc.compact(dst_a)
-        if folded["folded_runs"]:
-            log(f"folded earlier run(s) {', '.join(folded['folded_runs'])} into {inc.VIEW_DIR}/ "
-                f"({folded['rows']} photos known)")
-    counter = count_async(src_a)
-    log(f"run {run_id}: {src} -> {dst} ({workers} worker(s), {gpw:g} GPU each, "
-        f"{threads} torch thread(s) each, batches of {batch_size})")
-    t0 = time.perf_counter()
-    tally = Tally()
-    rdir = manifest.run_dir(run_id)
-    ds = ray.data.read_datasource(ListingSource(src, s3_endpoint, retries, block_rows=batch_size),
-                                  num_cpus=0)  # the listing is I/O: it must not hold a worker CPU
-    out = ds.map_batches(
-        ShardWorker,
-        fn_constructor_kwargs=dict(src=src, dst=dst, settings=settings, run_id=run_id, s3_endpoint=s3_endpoint,
-                                   retries=retries, torch_threads=threads, incremental=incremental),
-        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpw,
-        num_cpus=1 if not gpw else 0, batch_format="numpy", zero_copy_batch=True, max_restarts=-1,
-        max_task_retries=-1,
-    )
-    bar = Progress(lambda: counter.total, bar=progress, log_every=log_every, log=log)
-    try:
-        _consume(out.iter_batches(batch_format="pyarrow", batch_size=None), dst_a, rdir, tally, bar, on_rows,
-                 lock.heartbeat)
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - t0
-    summary = tally.summary(run_id, seconds)
-    summary.update(src=src, dst=dst, attack=settings.attack, eps=settings.eps, model=settings.model,
-                   workers=workers, gpus_per_worker=gpw, listed=counter.wait(60))
-    dst_a.write_text(f"{rdir}/summary.json", json.dumps(summary, indent=2, default=str))
-    if incremental:
-        inc.compact(dst_a, [run_id])
-    return summary
+        ray = init_ray(address)
+        workers, gpw, threads = cluster_plan(workers, gpus_per_worker)
+        threads = torch_threads or threads
+        if incremental:
+            folded = inc.compact(dst_a)
+            if folded["folded_runs"]:
+                log(f"folded earlier run(s) {', '.join(folded['folded_runs'])} into {inc.VIEW_DIR}/ "
+                    f"({folded['rows']} photos known)")
+        counter = count_async(src_a)
+        log(f"run {run_id}: {src} -> {dst} ({workers} worker(s), {gpw:g} GPU each, "
+            f"{threads} torch thread(s) each, batches of {batch_size})")
+        t0 = time.perf_counter()
+        tally = Tally()
+        rdir = manifest.run_dir(run_id)
+        ds = ray.data.read_datasource(ListingSource(src, s3_endpoint, retries, block_rows=batch_size),
+                                      num_cpus=0)  # the listing is I/O: it must not hold a worker CPU
+        out = ds.map_batches(
+            ShardWorker,
+            fn_constructor_kwargs=dict(src=src, dst=dst, settings=settings, run_id=run_id, s3_endpoint=s3_endpoint,
+                                       retries=retries, torch_threads=threads, incremental=incremental),
+            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpw,
+            num_cpus=1 if not gpw else 0, batch_format="numpy", zero_copy_batch=True, max_restarts=-1,
+            max_task_retries=-1,
+        )
+        bar = Progress(lambda: counter.total, bar=progress, log_every=log_every, log=log)
+        try:
+            _consume(out.iter_batches(batch_format="pyarrow", batch_size=None), dst_a, rdir, tally, bar, on_rows,
+                     lock.heartbeat)
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        summary = tally.summary(run_id, seconds)
+        summary.update(src=src, dst=dst, attack=settings.attack, eps=settings.eps, model=settings.model,
+                       workers=workers, gpus_per_worker=gpw, listed=counter.wait(60))
+        dst_a.write_text(f"{rdir}/summary.json", json.dumps(summary, indent=2, default=str))
+        if incremental:
+            inc.compact(dst_a, [run_id])
+        return summary
 
 
 def _consume(batches: Iterable, dst: Archive, rdir: str, tally: Tally, bar, on_rows=None, heartbeat=None) -> None:
@@ -166,21 +157,17 @@ def run_in_process(src: str, dst: str, settings: CloakSettings, batch_size: int 
     run_id = new_run_id()
     with DstLock(dst_a, run_id) as lock:
         lock.acquire()
-        return _run_in_process(src, dst, src_a, dst_a, run_id, lock, settings, batch_size, s3_endpoint)
-
-
-def _run_in_process(src, dst, src_a, dst_a, run_id, lock, settings, batch_size, s3_endpoint):
-    cloaker = Cloaker(src, dst, settings, run_id, s3_endpoint=s3_endpoint)
-    keys = list(src_a.list_images())
-    t0 = time.perf_counter()
-    tally = Tally()
-    rdir = manifest.run_dir(run_id)
-    for i in range(0, len(keys), batch_size):
-        lock.heartbeat()
-        rows = cloaker.process(keys[i : i + batch_size])
-        dst_a.write_bytes(f"{rdir}/manifest/part-{i // batch_size:05d}.parquet", manifest.table_bytes(rows))
-        tally.add_all(rows)
-    summary = tally.summary(run_id, time.perf_counter() - t0)
-    summary.update(src=src, dst=dst, attack=settings.attack, eps=settings.eps, model=settings.model, workers=0)
-    dst_a.write_text(f"{rdir}/summary.json", json.dumps(summary, indent=2, default=str))
-    return summary
+        cloaker = Cloaker(src, dst, settings, run_id, s3_endpoint=s3_endpoint)
+        keys = list(src_a.list_images())
+        t0 = time.perf_counter()
+        tally = Tally()
+        rdir = manifest.run_dir(run_id)
+        for i in range(0, len(keys), batch_size):
+            lock.heartbeat()
+            rows = cloaker.process(keys[i : i + batch_size])
+            dst_a.write_bytes(f"{rdir}/manifest/part-{i // batch_size:05d}.parquet", manifest.table_bytes(rows))
+            tally.add_all(rows)
+        summary = tally.summary(run_id, time.perf_counter() - t0)
+        summary.update(src=src, dst=dst, attack=settings.attack, eps=settings.eps, model=settings.model, workers=0)
+        dst_a.write_text(f"{rdir}/summary.json", json.dumps(summary, indent=2, default=str))
+        return summary

@@ -8,15 +8,13 @@ Attack modules register here; the pipeline knows nothing about individual attack
 from __future__ import annotations
 
 from collections.abc import Callable
-import io
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from . import geometry
+from . import geometry, imageio
 from .attacks import fgsm, pgd
 from .errors import FacePrivError
 
@@ -94,9 +92,7 @@ class WrittenModel(torch.nn.Module):
             if q is None:
                 continue
             region = (x[i, :, :h, :w].detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-            buf = io.BytesIO()
-            Image.fromarray(region).save(buf, format="JPEG", quality=q, subsampling=0 if q >= 90 else 2)
-            back = np.array(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+            back = imageio.jpeg_round_trip(region, q)
             out[i, :, :h, :w] = torch.from_numpy(back).to(x.device).permute(2, 0, 1).float() / 255
         return out
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 
 def random_checkpoint(path: str, classes: list[str], seed: int = 0) -> str:
     """Save a random-weight paper-cnn checkpoint (for tests that need a model, not a trained one)."""
@@ -13,3 +16,63 @@ def random_checkpoint(path: str, classes: list[str], seed: int = 0) -> str:
     torch.manual_seed(seed)
     save_checkpoint(path, build_model("paper-cnn", len(classes)), "paper-cnn", classes)
     return path
+
+
+def backdoor_toy(size: int = 8, n: int = 60):
+    """A tiny classifier with a planted universal direction: 3 clean classes plus a 4th class
+    trained on faces shifted by u, so a perturbation like u fools most faces. Returns
+    (net, held-out clean faces (n, 3, size, size) in [0, 1], their labels, u)."""
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(0)
+    means = torch.rand(3, 3, size, size, generator=g) - 0.5
+    u = 0.05 * torch.sign(torch.randn(3, size, size, generator=g))
+
+    def sample(m):
+        yy = torch.arange(m) % 3
+        return (0.5 + 0.3 * means[yy] + 0.1 * torch.randn(m, 3, size, size, generator=g)).clamp(0, 1), yy
+
+    xc, yc = sample(2 * n)
+    xs, _ = sample(n)
+    xtr = torch.cat([xc[:n], (xs + u).clamp(0, 1)])
+    ytr = torch.cat([yc[:n], torch.full((n,), 3)])
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * size * size, 4))
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(xtr), ytr).backward()
+        opt.step()
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net, xc[n:], yc[n:], u
+
+
+@contextlib.contextmanager
+def moto_s3(credentials: dict[str, str]):
+    """A moto S3 server on 127.0.0.1 (random port) with dummy `credentials` in the environment;
+    yields (endpoint, boto3 client). AWS_ENDPOINT_URL(_S3) are cleared while it runs, and every
+    variable it touched is restored afterwards."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    names = [*credentials, "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update(credentials)
+    os.environ.pop("AWS_ENDPOINT_URL", None)
+    os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        yield endpoint, boto3.client("s3", endpoint_url=endpoint)
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -331,19 +331,11 @@ def test_index_html_renders_in_headless_chromium(report, tmp_path):
 def test_report_on_s3_archives(archive):
     """The same report with SRC and DST in S3 (moto's server on loopback), written back to DST."""
     pytest.importorskip("moto")
-    import boto3
-    from moto.server import ThreadedMotoServer
+    from helpers import moto_s3
 
     env = {"AWS_ACCESS_KEY_ID": "AKIAREPORTTEST", "AWS_SECRET_ACCESS_KEY": "report-secret", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in [*env, "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]}
-    os.environ.update(env)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
+    with moto_s3(env) as (endpoint, client):
         os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
-        client = boto3.client("s3", endpoint_url=endpoint)
         for bucket, root in (("rsrc", archive["src"]), ("rdst", archive["dst"])):
             client.create_bucket(Bucket=bucket)
             for dirpath, _, files in os.walk(root):
@@ -367,10 +359,3 @@ def test_report_on_s3_archives(archive):
         assert {"_facepriv/report/report.json", "_facepriv/report/index.html"} <= keys
         assert "rsrc" not in {b["Name"] for b in client.list_buckets()["Buckets"]} or not [
             o for o in client.list_objects_v2(Bucket="rsrc").get("Contents", []) if "_facepriv" in o["Key"]]
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v

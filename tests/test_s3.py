@@ -19,6 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hostile  # noqa: E402
+from helpers import moto_s3  # noqa: E402
 
 from facepriv import manifest  # noqa: E402
 from facepriv.archive import Archive, storage_options  # noqa: E402
@@ -35,28 +36,8 @@ AWS_ENV = {"AWS_ACCESS_KEY_ID": "AKIAFACEPRIVTEST", "AWS_SECRET_ACCESS_KEY": SEC
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server on 127.0.0.1 (random port); yields (endpoint, boto3 client)."""
-    from moto.server import ThreadedMotoServer
-
-    saved = {k: os.environ.get(k) for k in [*AWS_ENV, "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]}
-    os.environ.update(AWS_ENV)
-    os.environ.pop("AWS_ENDPOINT_URL", None)
-    os.environ.pop("AWS_ENDPOINT_URL_S3", None)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=endpoint)
-    try:
+    with moto_s3(AWS_ENV) as (endpoint, client):
         yield endpoint, client
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def make_bucket(client, name: str, objects: dict[str, bytes]) -> None:

@@ -21,35 +21,14 @@ from facepriv.attacks.uap import (
     universal_perturbation,
 )
 
+from helpers import backdoor_toy
+
 SIZE = 8
 
 
 @pytest.fixture(scope="module")
 def toy():
-    g = torch.Generator().manual_seed(0)
-    means = torch.rand(3, 3, SIZE, SIZE, generator=g) - 0.5
-    u = 0.05 * torch.sign(torch.randn(3, SIZE, SIZE, generator=g))
-    n = 60
-
-    def sample(m):
-        yy = torch.arange(m) % 3
-        return (0.5 + 0.3 * means[yy] + 0.1 * torch.randn(m, 3, SIZE, SIZE, generator=g)).clamp(0, 1), yy
-
-    xc, yc = sample(2 * n)
-    xs, _ = sample(n)
-    xtr = torch.cat([xc[:n], (xs + u).clamp(0, 1)])
-    ytr = torch.cat([yc[:n], torch.full((n,), 3)])
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * SIZE * SIZE, 4))
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    for _ in range(100):
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(xtr), ytr).backward()
-        opt.step()
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    faces = xc[n:]
+    net, faces, _, u = backdoor_toy(SIZE)
     return net, faces, u
 
 

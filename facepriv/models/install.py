@@ -208,6 +208,16 @@ def embedding_dim(model: torch.nn.Module) -> int:
         return int(model(torch.zeros(1, 3, model.input_size, model.input_size)).reshape(1, -1).shape[1])
 
 
+def write_checkpoint(out_path: str, save: Callable[[str], str]) -> str:
+    """Run `save(tmp_path) -> sha256` and move the file to out_path: never a half-written
+    checkpoint under the final name. Returns the sha256."""
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    tmp = out_path + ".part"
+    sha = save(tmp)
+    os.replace(tmp, out_path)
+    return sha
+
+
 def import_one(json_path: str, out_path: str, **kw: Any) -> tuple[torch.nn.Module, str]:
     """Import one TF.js model and save it as a checkpoint (with its embedding size, source
     file and the sha256 of its JSON in the metadata). Returns (module, checkpoint sha256)."""
@@ -216,11 +226,9 @@ def import_one(json_path: str, out_path: str, **kw: Any) -> tuple[torch.nn.Modul
     except TfjsError as e:
         raise InstallError(f"cannot import {json_path}: {e}") from None
     dim = embedding_dim(net)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = out_path + ".part"
-    sha = save_imported(net, tmp, embedding_dim=dim, source=os.path.basename(json_path),
-                        source_sha256=sha256_file(json_path))
-    os.replace(tmp, out_path)  # never a half-written checkpoint under the final name
+    sha = write_checkpoint(out_path, lambda tmp: save_imported(net, tmp, embedding_dim=dim,
+                                                               source=os.path.basename(json_path),
+                                                               source_sha256=sha256_file(json_path)))
     return net, sha
 
 

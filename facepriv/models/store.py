@@ -13,6 +13,14 @@ import os
 from ..errors import FacePrivError
 
 
+def parse_specs(value) -> list[str]:
+    """Surrogate specs from a comma-separated string (``--surrogate a,b``) or a list; [] for None."""
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [str(s).strip() for s in items if str(s).strip()]
+
+
 def home() -> str:
     return os.path.expanduser(os.environ.get("FACEPRIV_HOME") or os.path.join("~", ".cache", "facepriv"))
 

@@ -16,17 +16,11 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..models import store
+
 ROLE_INDEPENDENT = "independent"  # never a crafting model (dlib)
 ROLE_WHITE_BOX = "white-box"  # one of the run's crafting surrogates
 ROLE_HELD_OUT = "held-out"  # an embedder the run did not craft on (leave-one-out)
-
-
-def _split(v: Any) -> list[str]:
-    if v is None:
-        return []
-    if isinstance(v, (list, tuple)):
-        return [str(s).strip() for s in v if str(s).strip()]
-    return [s.strip() for s in str(v).split(",") if s.strip()]
 
 
 def crafting_specs(rows: Iterable[dict[str, Any]]) -> list[str]:
@@ -41,8 +35,8 @@ def crafting_specs(rows: Iterable[dict[str, Any]]) -> list[str]:
             except (TypeError, ValueError):
                 s = {}
             if isinstance(s, dict):
-                specs += _split(s.get("surrogate"))
-        specs += _split(r.get("model"))
+                specs += store.parse_specs(s.get("surrogate"))
+        specs += store.parse_specs(r.get("model"))
         if specs:
             break
     return list(dict.fromkeys(specs))
@@ -87,7 +81,6 @@ def spec_identity(spec: str) -> dict[str, Any]:
     """{"spec", "stem", "sha256"}: the spec resolved like `facepriv.models.store.resolve`
     (installed name or path); sha256 None when it cannot be found here."""
     from ..errors import FacePrivError
-    from ..models import store
     from ..models.install import sha256_file
 
     sha = None
@@ -102,8 +95,6 @@ def spec_identity(spec: str) -> dict[str, Any]:
 
 def installed_judge_specs(existing: Sequence[str] = ()) -> list[str]:
     """``embedder:NAME`` for every installed surrogate not already among `existing` specs."""
-    from ..models import store
-
     have = {stem(s) for s in existing if s.split(":", 1)[0] in ("tfjs", "embedder")}
     return [f"embedder:{n}" for n in store.installed() if n not in have]
 
