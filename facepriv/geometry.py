@@ -46,9 +46,12 @@ def crop_resize(images: torch.Tensor, boxes: Sequence[Sequence[int]], size: int)
 
     Bilinear with antialiasing, differentiable with respect to `images`.
     """
+    # unbind once: slicing images[i : i + 1] per crop would make each crop's backward allocate
+    # (and sum) a gradient the size of the whole batch, quadratic in the batch size
+    rows = images.unbind(0)
     out = []
     for i, (x0, y0, x1, y1) in enumerate(boxes):
-        patch = images[i : i + 1, :, y0:y1, x0:x1]
+        patch = rows[i][None, :, y0:y1, x0:x1]
         out.append(F.interpolate(patch, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
     return torch.cat(out, 0)
 

@@ -278,7 +278,11 @@ class Cloaker:
 
     def _run_strategy(self, items: list[FaceItem]) -> None:
         """Attack faces in chunks of face_batch and paste the cloaked regions (as uint8, what the
-        file will hold) into their photos."""
+        file will hold) into their photos. Strategies whose result for a face does not depend
+        on the other faces of its chunk (`per_face`) get chunks of similar region sizes, so
+        packing pads little (a chunk is as large as its largest region)."""
+        if getattr(self.strategy, "per_face", False):
+            items = sorted(items, key=lambda it: (it.pixels.shape[1], it.pixels.shape[2]))
         for start in range(0, len(items), self.settings.face_batch):
             chunk = items[start : start + self.settings.face_batch]
             adv, used = self.strategy(chunk)

@@ -55,6 +55,8 @@ def make(settings, loaded, device: torch.device) -> Strategy:
 class _ClassifierAttack:
     """FGSM / PGD on a classifier surrogate through the differentiable crop."""
 
+    per_face = True  # a face's cloak does not depend on the other faces in its chunk
+
     def __init__(self, settings, loaded, device):
         if loaded is None or getattr(loaded.model, "kind", "classifier") != "classifier":
             raise FacePrivError(f"--attack {settings.attack} needs --model, a classifier checkpoint from "
