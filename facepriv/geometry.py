@@ -99,7 +99,12 @@ class CropModel(nn.Module):
     by each view (expectation over transformations), so a cloak crafted through it survives the
     slightly different box that re-detection of the written file gives. `select(idx)` gives
     the same model for a subset of faces (attacks use it to skip faces already fooled).
+    After a forward with views, `plain_logits` holds the un-jittered crop's logits (view 0):
+    attacks stop early on a face only once both the average and the plain crop are fooled, so
+    a face the average calls fooled while its own crop (what the judge sees) is not still moves.
     """
+
+    plain_logits: torch.Tensor | None = None
 
     def __init__(self, net: nn.Module, boxes: Sequence[Sequence[int]], size: int | None = None,
                  views: Sequence[tuple[float, float, float]] | None = None,
@@ -121,7 +126,9 @@ class CropModel(nn.Module):
             return self.net(crop_resize(x, self.boxes, self.size))
         n = len(self.views)
         crops = torch.cat([crop_resize(x, vb, self.size) for vb in self._view_boxes])
-        return self.net(crops).view(n, x.shape[0], -1).mean(0)
+        logits = self.net(crops).view(n, x.shape[0], -1)
+        self.plain_logits = logits[0].detach() if self.views[0] == (0.0, 0.0, 1.0) else None
+        return logits.mean(0)
 
     def select(self, idx: Sequence[int]) -> "CropModel":
         idx = [int(i) for i in idx]

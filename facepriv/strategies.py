@@ -101,6 +101,10 @@ class WrittenModel(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x + (self._written(x) - x).detach())
 
+    @property
+    def plain_logits(self):
+        return getattr(self.inner, "plain_logits", None)
+
     def select(self, idx):
         idx = [int(i) for i in idx]
         return WrittenModel(self.inner.select(idx), [self.sizes[i] for i in idx], [self.qualities[i] for i in idx])

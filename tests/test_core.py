@@ -79,6 +79,30 @@ def test_pgd_within_eps_and_early_stop():
         assert F.cross_entropy(logits, y) > F.cross_entropy(m(x), y)
 
 
+class _AverageSaysFooled(torch.nn.Module):
+    """Averaged logits call every face fooled (class 1 wins); the plain crop's still say class 0."""
+
+    def __init__(self, plain: bool):
+        super().__init__()
+        self.plain = plain
+        self.plain_logits = None
+
+    def forward(self, x):
+        s = x.flatten(1).mean(1, keepdim=True)
+        if self.plain:
+            self.plain_logits = torch.cat([s.detach() * 0 + 5, s.detach() * 0], 1)
+        return torch.cat([s, s * 0 + 3], 1)
+
+
+def test_pgd_early_stop_needs_the_plain_crop_fooled_too():
+    x = torch.full((2, 3, 8, 8), 0.5)
+    y = torch.zeros(2, dtype=torch.long)
+    _, used = pgd(_AverageSaysFooled(plain=False), x, y, eps=4, steps=5, kappa=1.0)
+    assert used.tolist() == [0, 0]  # the average alone stops at once
+    _, used = pgd(_AverageSaysFooled(plain=True), x, y, eps=4, steps=5, kappa=1.0)
+    assert used.tolist() == [5, 5]  # the plain crop is not fooled: keep moving
+
+
 def test_crop_model_gradients_reach_region_pixels_and_select():
     net = _model()
     regions = [torch.rand(3, 120, 100), torch.rand(3, 90, 140)]
@@ -92,6 +116,8 @@ def test_crop_model_gradients_reach_region_pixels_and_select():
     assert g[0, :, 115:, :].sum() == 0  # outside the crop (and padding) untouched
     sub = cm.select([1])
     assert torch.allclose(sub(x[1:2]), cm(x)[1:2], atol=1e-5)
+    plain = geometry.CropModel(net, boxes)(x)  # view 0 is the un-jittered crop
+    assert torch.allclose(cm.plain_logits, plain.detach(), atol=1e-5)
 
 
 def test_crop_resize_is_each_crop_resized_alone_forward_and_backward():

@@ -37,10 +37,14 @@ def pgd(model: Model, x: torch.Tensor, y: torch.Tensor | None = None, eps: float
         if len(active) == 0:
             break
         xi = xa[active].clone().requires_grad_(True)
-        logits = subset(model, active)(xi)
+        m = subset(model, active)
+        logits = m(xi)
         keep = torch.ones(len(active), dtype=torch.bool, device=x.device)
         if early_stop:
             keep = ~fooled_mask(logits.detach(), y[active], targeted, kappa)
+            plain = getattr(m, "plain_logits", None)  # a view-averaging model's un-jittered crop
+            if plain is not None:
+                keep |= ~fooled_mask(plain, y[active], targeted, kappa)
             if not keep.any():
                 break
         loss = loss_fn(logits[keep], y[active][keep], targeted)
