@@ -7,6 +7,8 @@ files) in one process, each into a fresh DST, with one torch thread per worker:
   in-process  facepriv.runner.run_in_process (Cloaker.process in a plain loop)
   ray x1      facepriv.runner.run_cloak, 1 worker actor
   ray x2      facepriv.runner.run_cloak, 2 worker actors
+  procs x1/x2 the in-process loop in 1 or 2 separate processes at once (no Ray at all): the
+              scaling this machine allows for this workload, the ceiling for ray x2 / ray x1
 Two rates are printed per run: end-to-end (wall time of the call: listing, actor start, model
 load, all photos) and steady (from the manifest's per-photo finish times, once every worker
 has finished its first photo - see steady_rate). Ratios are of the rates measured
@@ -62,6 +64,33 @@ def steady_rate(dst: Path, run_id: str) -> float:
     return after / (last - warm) if last > warm else float("nan")
 
 
+CHILD = """
+import json, sys, torch
+torch.set_num_threads(1)
+from facepriv.pipeline import CloakSettings
+from facepriv.runner import run_in_process
+src, dst, model, bs = sys.argv[1:5]
+s = run_in_process(src, dst, CloakSettings(model=model, attack="fgsm", eps=8, labels="folder"), batch_size=int(bs))
+print(json.dumps({"inputs": s["inputs"], "errors": s["errors"], "seconds": s["seconds"]}))
+"""
+
+
+def processes(k: int, src: Path, out: Path, model: str, batch_size: int, n: int) -> tuple[float, float]:
+    """k plain in-process loops over the same photos in k processes started together: the
+    end-to-end rate (k*n photos over the wall time, imports and model loads included) and the
+    steady one (the sum of each loop's own rate over its timed part)."""
+    import json
+    import subprocess
+
+    t = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(src), str(out / f"p{j}"), model, str(batch_size)],
+                              stdout=subprocess.PIPE, text=True) for j in range(k)]
+    outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    wall = time.perf_counter() - t
+    assert all(o["inputs"] == n and o["errors"] == 0 for o in outs), outs
+    return k * n / wall, sum(n / o["seconds"] for o in outs)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", default="../shared/data/lfw50", help="photo folder (default ../shared/data/lfw50)")
@@ -69,6 +98,8 @@ def main() -> int:
     ap.add_argument("--model", default="/tmp/lfw/model.pt", help="surrogate checkpoint (default /tmp/lfw/model.pt)")
     ap.add_argument("--batch-size", type=int, default=4, help="photos per worker call (default 4)")
     ap.add_argument("--repeats", type=int, default=2, help="repeats per configuration, ABBA order (default 2)")
+    ap.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                    help="skip the 1-vs-2 plain processes runs (the machine's own scaling)")
     args = ap.parse_args()
 
     import torch
@@ -93,6 +124,11 @@ def main() -> int:
     def once(name: str, i: int) -> tuple[float, float]:
         out = work / f"{name.replace(' ', '')}-{i}"
         t = time.perf_counter()
+        if name.startswith("procs"):
+            r = processes(int(name[-1]), src, out, args.model, args.batch_size, n)
+            print(f"  {name:<11} rep {i}: end-to-end {r[0]:.2f}, steady {r[1]:.2f} photos/s, "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+            return r
         if name == "in-process":
             s = run_in_process(str(src), str(out), settings, batch_size=args.batch_size)
         else:
@@ -104,7 +140,7 @@ def main() -> int:
               f"load {os.getloadavg()[0]:.1f}", flush=True)
         return r
 
-    names = ["in-process", "ray x1", "ray x2"]
+    names = ["in-process", "ray x1", "ray x2"] + (["procs x1", "procs x2"] if args.ceiling else [])
     runs: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
     for i in range(args.repeats):  # ABBA order, so drifting load hits every configuration alike
         for name in (names if i % 2 == 0 else names[::-1]):
@@ -119,6 +155,11 @@ def main() -> int:
           f"(target >= 1.7x)")
     print(f"ray x1 / in-process loop:       steady {r1[1] / ip[1]:.2f}x, end-to-end {r1[0] / ip[0]:.2f}x "
           f"(target >= 0.9x)")
+    if args.ceiling:
+        p1, p2 = results["procs x1"], results["procs x2"]
+        print(f"machine ceiling procs x2 / x1:  steady {p2[1] / p1[1]:.2f}x, end-to-end {p2[0] / p1[0]:.2f}x "
+              f"(no Ray: what 2 loops at once get on this machine)")
+        print(f"ray x2 scaling / ceiling:       steady {(r2[1] / r1[1]) / (p2[1] / p1[1]):.2f}")
     print(f"load average after: {os.getloadavg()}")
     ray.shutdown()
     shutil.rmtree(work, ignore_errors=True)

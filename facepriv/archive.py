@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -183,6 +184,19 @@ class Archive:
             os.replace(tmp, path)
         else:  # an object PUT is atomic
             _retry(lambda: self.fs.pipe_file(path, data), self.retries)
+
+    def write_file(self, key: str, local_path: str) -> None:
+        """Write a local file's contents to key, atomically and without holding it in memory
+        (an S3 upload, multipart for a large file, becomes visible only when complete)."""
+        path = self.path(key)
+        if self.is_local:
+            parent = os.path.dirname(path)
+            os.makedirs(parent, exist_ok=True)
+            tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.part")
+            shutil.copyfile(local_path, tmp)
+            os.replace(tmp, path)
+        else:
+            _retry(lambda: self.fs.put_file(local_path, path), self.retries)
 
     def write_text(self, key: str, text: str) -> None:
         self.write_bytes(key, text.encode("utf-8"))

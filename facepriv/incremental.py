@@ -16,16 +16,18 @@ A `skipped` row never replaces the row that describes the file on disk in the co
 Resume: the run folds every earlier run (finished or interrupted) into the view *before* it
 starts, so photos an interrupted run finished are skipped; at the end it folds itself in.
 Folding is idempotent (latest row per key), so a crash during compaction is harmless.
-One run per DST at a time. Compaction is a columnar Arrow job in the driver: its memory grows
-with the archive (about 1 KB per photo); lookups in the workers read one row group at a time.
+One run per DST at a time. Compaction runs in the driver with bounded memory (sorted spills
+and a streaming k-way merge, see `compact`); lookups in the workers read one row group at a time.
 """
 
 from __future__ import annotations
 
 import bisect
-import io
+import heapq
 import json
+import os
 import posixpath
+import tempfile
 from collections import OrderedDict
 from typing import Any
 
@@ -82,27 +84,102 @@ def run_ids(dst: Archive) -> list[str]:
     return sorted(posixpath.basename(p.rstrip("/")) for p in dst.fs.ls(base, detail=False))
 
 
-def compact(dst: Archive, runs: list[str] | None = None) -> dict[str, Any]:
-    """Fold runs (default: all not yet folded) into latest.parquet; returns a small report."""
+def _parts(dst: Archive, run: str) -> list[str]:
+    mdir = f"{dst.root}/{RUNS_DIR}/{run}/manifest"
+    return sorted(p for p in dst.fs.find(mdir) if p.endswith(".parquet")) if dst.fs.exists(mdir) else []
+
+
+def _rank(row: dict[str, Any], source: int) -> tuple:
+    """latest_per_key's order for rows of one key, as a sort key (the largest wins): processing
+    rows beat skipped ones, then later finished_at, later run_id, later source."""
+    t = row.get("finished_at")
+    return (row.get("status") != "skipped", t is not None, t.timestamp() if t is not None else 0.0,
+            row.get("run_id") or "", source)
+
+
+def _rows(path: str, fs=None):
+    """Rows of a Parquet file, one row group in memory at a time."""
+    f = fs.open(path, "rb") if fs is not None else open(path, "rb")
+    with f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=ROW_GROUP):
+            yield from batch.to_pylist()
+
+
+def merge_sorted(sources, write, rows_per_write: int = ROW_GROUP) -> int:
+    """k-way merge of row iterators, each sorted by source_key with one row per key, keeping
+    per key the row `_rank` prefers (a later source wins a tie); `write(list of rows)` gets
+    them in key order, rows_per_write at a time. Returns the rows written."""
+    tagged = [((r["source_key"], i, r) for r in it) for i, it in enumerate(sources)]
+    out: list[dict[str, Any]] = []
+    n = 0
+    key, best, best_rank = None, None, None
+    for k, i, r in heapq.merge(*tagged, key=lambda t: (t[0], t[1])):
+        if k != key:
+            if best is not None:
+                out.append(best)
+            key, best, best_rank = k, r, _rank(r, i)
+        else:
+            rk = _rank(r, i)
+            if rk > best_rank:
+                best, best_rank = r, rk
+        if len(out) >= rows_per_write:
+            write(out)
+            n += len(out)
+            out = []
+    if best is not None:
+        out.append(best)
+    if out:
+        write(out)
+        n += len(out)
+    return n
+
+
+def compact(dst: Archive, runs: list[str] | None = None, chunk_rows: int = 50_000) -> dict[str, Any]:
+    """Fold runs (default: all not yet folded) into latest.parquet; returns a small report.
+
+    Memory is bounded, not proportional to the archive: the new runs' rows are read a part at
+    a time into chunks of at most ~chunk_rows rows, each reduced to its latest row per key,
+    sorted and spilled to a local temporary file; then the old view and the spills (all
+    sorted by key) are merged as streams, a row group at a time, into a new view that is
+    uploaded in one atomic write."""
     dst.invalidate()
     state_path = f"{dst.root}/{STATE_KEY}"
     done: list[str] = json.loads(dst.fs.cat_file(state_path)) if dst.fs.exists(state_path) else []
     todo = [r for r in (run_ids(dst) if runs is None else runs) if r not in set(done)]
     view_path = f"{dst.root}/{VIEW_KEY}"
-    tables = [_read_parquet(dst, view_path)] if dst.fs.exists(view_path) else []
-    for r in todo:
-        mdir = f"{dst.root}/{RUNS_DIR}/{r}/manifest"
-        if dst.fs.exists(mdir):
-            tables.append(manifest.read_manifest(dst.fs, mdir))
-    if todo:
-        table = latest_per_key(pa.concat_tables(tables) if tables else manifest.SCHEMA.empty_table())
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP)
-        dst.write_bytes(VIEW_KEY, buf.getvalue())  # atomic
-        dst.write_text(STATE_KEY, json.dumps(sorted(set(done) | set(todo)), indent=0))
-        rows = table.num_rows
-    else:
-        rows = pq.ParquetFile(dst.fs.open(view_path, "rb")).metadata.num_rows if tables else 0
+    has_view = dst.fs.exists(view_path)
+    if not todo:
+        rows = pq.ParquetFile(dst.fs.open(view_path, "rb")).metadata.num_rows if has_view else 0
+        return {"folded_runs": [], "rows": rows}
+    with tempfile.TemporaryDirectory(prefix="facepriv-compact-") as tmp:
+        spills: list[str] = []
+        chunk: list[pa.Table] = []
+        held = 0
+
+        def spill() -> None:
+            nonlocal held
+            if chunk:
+                path = os.path.join(tmp, f"spill-{len(spills):05d}.parquet")
+                pq.write_table(latest_per_key(pa.concat_tables(chunk)), path, row_group_size=ROW_GROUP)
+                spills.append(path)
+                chunk.clear()
+                held = 0
+
+        for r in todo:
+            for part in _parts(dst, r):
+                t = _read_parquet(dst, part)
+                chunk.append(t)
+                held += t.num_rows
+                if held >= chunk_rows:
+                    spill()
+        spill()
+        sources = ([_rows(view_path, dst.fs)] if has_view else []) + [_rows(p) for p in spills]
+        out_path = os.path.join(tmp, "latest.parquet")
+        with pq.ParquetWriter(out_path, manifest.SCHEMA, compression="zstd") as writer:
+            rows = merge_sorted(sources, lambda rs: writer.write_table(
+                pa.Table.from_pylist(rs, schema=manifest.SCHEMA), row_group_size=ROW_GROUP))
+        dst.write_file(VIEW_KEY, out_path)  # atomic
+    dst.write_text(STATE_KEY, json.dumps(sorted(set(done) | set(todo)), indent=0))
     return {"folded_runs": todo, "rows": rows}
 
 

@@ -151,6 +151,36 @@ def test_compact_folds_runs_idempotently_and_index_finds_keys(tmp_path, monkeypa
     assert idx.get("a.jpg") is None and idx.get("p/0035.jpg") is None and idx.get("zz") is None
 
 
+def test_compact_in_bounded_chunks_equals_folding_everything_at_once(tmp_path, monkeypatch):
+    # many runs and parts, spilled every few rows and merged as streams: the same view as
+    # latest_per_key over all rows in memory (ties, skipped rows, errors and re-runs included)
+    import random
+
+    monkeypatch.setattr(inc, "ROW_GROUP", 4)
+    rnd = random.Random(0)
+    dst = Archive(str(tmp_path), {})
+    statuses = ["ok", "ok", "ok", "no_face", "error", "skipped"]
+    everything = []
+    for r in range(5):
+        for part in range(3):
+            rows = [row(f"k/{rnd.randrange(30):02d}.jpg", status=rnd.choice(statuses), t=rnd.randrange(4),
+                        sha=f"{r}-{part}-{i}", run=f"r{r}") for i in range(rnd.randrange(1, 8))]
+            dedup = {x["source_key"]: x for x in rows}  # one row per key within a run
+            everything += list(dedup.values())
+            dst.write_bytes(f"_facepriv/runs/r{r}/manifest/part-{part:05d}.parquet",
+                            manifest.table_bytes(list(dedup.values())))
+        if r == 2:  # fold half way, so the old view is one of the merged streams
+            inc.compact(dst, chunk_rows=5)
+    rep = inc.compact(dst, chunk_rows=5)
+    assert rep["folded_runs"] == ["r3", "r4"]
+    want = inc.latest_per_key(manifest.to_table(everything)).to_pylist()
+    got = inc.read_view(dst).to_pylist()
+    assert [r["source_key"] for r in got] == sorted(r["source_key"] for r in got)
+    assert {r["source_key"]: (r["run_id"], r["content_sha256"]) for r in got} == \
+        {r["source_key"]: (r["run_id"], r["content_sha256"]) for r in want}
+    assert rep["rows"] == len(want)
+
+
 # -- slow tests: real Ray -------------------------------------------------------------------
 @pytest.fixture
 def local_ray():
