@@ -27,14 +27,27 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--norm", default="linf", choices=["linf", "l2"], help="the p of ||v||_p (default linf)")
     a.add_argument("--delta", type=float, default=0.2,
                    help="stop once the fooling rate on the training faces reaches 1 - delta (default 0.2)")
-    a.add_argument("--max-passes", type=int, default=10,
-                   help="passes over the faces in total, resumed passes included (default 10)")
+    a.add_argument("--method", default="deepfool", choices=["deepfool", "robust"],
+                   help="deepfool: Algorithm 1 on the model's input grid (the paper's); robust: v fitted through "
+                        "what applying it does (resized to a face box, written as uint8, re-cropped with a "
+                        "small shift/scale), signed-gradient steps on a clamped margin loss; survives into "
+                        "written photos far better (facepriv/attacks/uap_robust.py) (default deepfool)")
+    a.add_argument("--max-passes", type=int, default=None,
+                   help="passes over the faces in total, resumed passes included (default 10 for deepfool, "
+                        "60 for robust)")
     a.add_argument("--overshoot", type=float, default=0.02, help="DeepFool overshoot (default 0.02)")
     a.add_argument("--max-iter", type=int, default=50, help="DeepFool iterations per face (default 50)")
     a.add_argument("--candidates", type=int, default=10, help="DeepFool candidate classes (default 10)")
     a.add_argument("--face-batch", type=int, default=1,
                    help="faces per DeepFool mini-batch against the same v (1 = the paper's algorithm; larger "
                         "is faster, updates summed then projected) (default 1)")
+    a.add_argument("--lr", type=float, default=0.25,
+                   help="robust: first pass's step as a fraction of xi, decaying linearly (default 0.25)")
+    a.add_argument("--kappa", type=float, default=5.0,
+                   help="robust: a face fooled by this many logits stops pulling v (default 5)")
+    a.add_argument("--box-range", default="96,144", metavar="MIN,MAX",
+                   help="robust: face-box sides in px of the photos v will be applied to (default 96,144, "
+                        "faces in LFW-like photos)")
     a.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     a.add_argument("--restart", action="store_true", help="ignore an earlier fit at OUT and start from v = 0")
     r = p.add_argument_group("execution")
@@ -55,9 +68,17 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace):
     from .uap_fit import FitSettings
 
-    return FitSettings(xi=args.xi, norm=args.norm, delta=args.delta, max_passes=args.max_passes,
+    from .errors import FacePrivError
+
+    try:
+        box_min, box_max = (int(v) for v in str(args.box_range).split(","))
+    except ValueError:
+        raise FacePrivError(f"--box-range takes MIN,MAX in px (e.g. 96,144), got {args.box_range!r}") from None
+    passes = args.max_passes if args.max_passes is not None else (60 if args.method == "robust" else 10)
+    return FitSettings(xi=args.xi, norm=args.norm, delta=args.delta, max_passes=passes,
                        overshoot=args.overshoot, max_iter_df=args.max_iter, num_candidates=args.candidates,
-                       batch_size=args.face_batch, seed=args.seed)
+                       batch_size=args.face_batch, seed=args.seed, method=args.method, lr=args.lr,
+                       kappa=args.kappa, box_min=box_min, box_max=box_max)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

@@ -14,6 +14,9 @@ Distributed loop (`fit_distributed`)
 - Merge rule: v <- merge_updates(v, [delta_1..delta_W], xi, norm) = P_{p,xi}(v + sum_w delta_w)
   (sum-then-project, see facepriv/attacks/uap.py: order-independent; a worker that changed
   nothing does not pull v back; with W = 1 it is exactly the single-process pass).
+  With `--method robust` each worker runs one epoch of `robust_pass_shard` (signed-gradient
+  steps through the apply chain) and the coordinator takes the *mean* of the deltas (weights
+  1/W: local SGD with averaging, so W workers move v one epoch's worth, like one process).
 - The fooling rate recorded for a pass is that of the merged v, aggregated from all workers'
   counts (sum fooled / sum total after the merge), the same quantity the single-process
   loop records; the workers' counts under the v they were sent are kept as
@@ -60,6 +63,7 @@ from .attacks.uap import (
     uap_pass_shard,
     universal_perturbation,
 )
+from .attacks import uap_robust
 from .errors import FacePrivError
 
 HISTORY_SCHEMA = pa.schema([
@@ -67,7 +71,9 @@ HISTORY_SCHEMA = pa.schema([
     ("seconds", pa.float64()), ("workers", pa.int64()), ("fooling_rate_before", pa.float64()),
 ])
 # settings that must match to resume a fit from its saved v
-RESUME_KEYS = ("xi", "norm", "seed", "overshoot", "max_iter_df", "num_candidates", "batch_size")
+RESUME_KEYS = ("xi", "norm", "seed", "overshoot", "max_iter_df", "num_candidates", "batch_size", "method", "lr",
+               "kappa", "robust_batch", "box_min", "box_max")
+METHODS = ("deepfool", "robust")
 
 
 @dataclass
@@ -81,6 +87,21 @@ class FitSettings:
     num_candidates: int = 10
     batch_size: int = 1  # faces per DeepFool mini-batch (1 = Algorithm 1 exactly)
     seed: int = 0
+    # method "robust" (facepriv/attacks/uap_robust.py): v fitted through the apply chain
+    method: str = "deepfool"  # deepfool (Algorithm 1) | robust
+    lr: float = 0.25  # robust: first pass's step as a fraction of xi (decays linearly over max_passes)
+    kappa: float = 5.0  # robust: margin (logits) beyond which a fooled face stops pulling v
+    robust_batch: int = 50  # robust: faces per signed-gradient step
+    box_min: int = uap_robust.BOX_RANGE[0]  # robust: face-box sides (px) the chain resizes v to
+    box_max: int = uap_robust.BOX_RANGE[1]
+
+    @property
+    def box_range(self) -> tuple[int, int]:
+        return (self.box_min, self.box_max)
+
+    def robust_kwargs(self, pass_index: int) -> dict[str, Any]:
+        return dict(xi=self.xi, norm=self.norm, kappa=self.kappa, batch_size=self.robust_batch,
+                    box_range=self.box_range, step=uap_robust.step_size(self.xi, self.lr, pass_index, self.max_passes))
 
     def pass_kwargs(self) -> dict[str, Any]:
         return dict(xi=self.xi, norm=self.norm, overshoot=self.overshoot, max_iter_df=self.max_iter_df,
@@ -179,7 +200,8 @@ def load_state(out: str, settings: FitSettings, info: dict[str, Any]) -> tuple[n
         return None, []
     old = side.get("settings", {})
     new = asdict(settings)
-    diff = [k for k in RESUME_KEYS if old.get(k) != new[k]]
+    defaults = asdict(FitSettings())  # a sidecar from before a setting existed had its default
+    diff = [k for k in RESUME_KEYS if old.get(k, defaults[k]) != new[k]]
     for k in ("model_sha256", "crops_faces", "crops_source", "size"):
         if side.get(k) != info.get(k):
             diff.append(k)
@@ -219,7 +241,13 @@ class ShardFitter:
         return len(self.faces)
 
     def run_pass(self, v: np.ndarray, pass_index: int) -> tuple[np.ndarray, int, int]:
-        """One pass of Algorithm 1 over the shard against v: (delta, fooled under v, total)."""
+        """One pass of Algorithm 1 (or one robust epoch) over the shard against v: (delta,
+        fooled under v, total)."""
+        if self.s.method == "robust":
+            res = uap_robust.robust_pass_shard(self.model, self.faces, torch.from_numpy(np.asarray(v)).to(self.device),
+                                               clean_pred=self.clean, seed=pass_seed(self.s.seed, pass_index, self.shard),
+                                               **self.s.robust_kwargs(pass_index))
+            return res.delta.cpu().numpy(), res.fooled, res.total
         res = uap_pass_shard(self.model, self.faces, torch.from_numpy(np.asarray(v)).to(self.device),
                              clean_pred=self.clean, shuffle=True,
                              seed=pass_seed(self.s.seed, pass_index, self.shard), **self.s.pass_kwargs())
@@ -229,7 +257,11 @@ class ShardFitter:
         """(faces of the shard fooled by v, shard size)."""
         if len(self.faces) == 0:
             return 0, 0
-        f = fooled_by(self.model, self.faces, torch.from_numpy(np.asarray(v)).to(self.device), self.clean)
+        vt = torch.from_numpy(np.asarray(v)).to(self.device)
+        if self.s.method == "robust":
+            f = uap_robust.chain_fooled_by(self.model, self.faces, vt, self.clean, self.s.box_range)
+        else:
+            f = fooled_by(self.model, self.faces, vt, self.clean)
         return int(f.sum()), len(self.faces)
 
 
@@ -259,7 +291,9 @@ class Coordinator:
         results = ray.get([w.run_pass.remote(vref, p) for w in self.workers])
         before = sum(r[1] for r in results)
         total = sum(r[2] for r in results)
-        self.v = merge_updates(self.v, [torch.from_numpy(r[0]) for r in results], self.s.xi, self.s.norm)
+        # deepfool: sum-then-project; robust: the mean of the workers' epochs (local SGD, averaged)
+        weights = [1.0 / len(results)] * len(results) if self.s.method == "robust" else None
+        self.v = merge_updates(self.v, [torch.from_numpy(r[0]) for r in results], self.s.xi, self.s.norm, weights)
         fooled, total = self.fooling()
         rec = {"pass": p, "fooling_rate": fooled / total if total else 0.0,
                "norm": perturbation_norm(self.v, self.s.norm), "faces": total,
@@ -298,6 +332,13 @@ def fit_local(faces: torch.Tensor, model, settings: FitSettings, out: str | None
         if out:
             save_outputs(out, v, history, settings, info or {})
 
+    if settings.method == "robust":
+        v, _ = uap_robust.robust_universal_perturbation(
+            model, faces, xi=settings.xi, norm=settings.norm, delta=settings.delta, max_passes=remaining,
+            lr=settings.lr, kappa=settings.kappa, batch_size=settings.robust_batch, seed=settings.seed,
+            box_range=settings.box_range, callback=cb, v0=None if v0 is None else torch.from_numpy(v0),
+            start_pass=len(history), total_passes=settings.max_passes)
+        return v.cpu().numpy(), history
     v, _ = universal_perturbation(model, faces, xi=settings.xi, norm=settings.norm, delta=settings.delta,
                                   max_passes=remaining, overshoot=settings.overshoot,
                                   max_iter_df=settings.max_iter_df, num_candidates=settings.num_candidates,
@@ -356,6 +397,10 @@ def fit(data_dir: str, model_path: str, out: str, settings: FitSettings, workers
         raise FacePrivError(f"--norm must be linf or l2, got {settings.norm!r}")
     if not 0 <= settings.delta < 1:
         raise FacePrivError("--delta must be in [0, 1)")
+    if settings.method not in METHODS:
+        raise FacePrivError(f"--method must be one of {', '.join(METHODS)}, got {settings.method!r}")
+    if not 8 <= settings.box_min <= settings.box_max:
+        raise FacePrivError("--box-range needs 8 <= MIN <= MAX (face-box sides in px)")
     loaded = load_checkpoint(model_path, "cpu")
     if getattr(loaded.model, "kind", "classifier") != "classifier":
         raise FacePrivError("`uap fit` needs a classifier checkpoint (from `facepriv train`)")
