@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import geometry, imageio, manifest
+from . import geometry, imageio, manifest, memory
 from .archive import Archive, storage_options
 from .errors import FacePrivError, InputError
 from .faces import Detection, DetectorSettings, FaceDetector
@@ -152,6 +152,7 @@ class Cloaker:
             self._guard(live, self._judge)
         for p in photos:
             self._finish(p)
+        memory.trim()  # peak RSS stays flat over an archive (see facepriv/memory.py)
         return [p.row for p in photos]
 
     def _guard(self, photos: list[_Photo], stage) -> None:

@@ -145,6 +145,19 @@ class ShardResult(NamedTuple):
     total: int
 
 
+def shard_inputs(model: Model, faces: torch.Tensor, v: torch.Tensor, norm: str,
+                 clean_pred: torch.Tensor | None, eval_batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """A shard pass's checked inputs: v on the faces' device and dtype (shaped like a face),
+    and the clean predictions (computed when None)."""
+    _check_norm(norm)
+    v = torch.as_tensor(v).to(faces.device, faces.dtype)
+    if v.shape != faces.shape[1:]:
+        raise ValueError(f"v of shape {tuple(v.shape)} does not match faces {tuple(faces.shape[1:])}")
+    if clean_pred is None:
+        clean_pred = clean_predictions(model, faces, eval_batch_size)
+    return v, clean_pred.to(faces.device)
+
+
 def uap_pass_shard(model: Model, faces: torch.Tensor, v: torch.Tensor, xi: float = 10.0, norm: str = "linf",
                    clean_pred: torch.Tensor | None = None, overshoot: float = 0.02, max_iter_df: int = 50,
                    num_candidates: int = 10, batch_size: int = 1, shuffle: bool = True,
@@ -157,14 +170,8 @@ def uap_pass_shard(model: Model, faces: torch.Tensor, v: torch.Tensor, xi: float
     fooled under the given v, shard size). clean_pred: predictions on the clean faces
     (computed when None; pass them in to avoid recomputing every pass).
     """
-    _check_norm(norm)
-    v = torch.as_tensor(v).to(faces.device, faces.dtype)
-    if v.shape != faces.shape[1:]:
-        raise ValueError(f"v of shape {tuple(v.shape)} does not match faces {tuple(faces.shape[1:])}")
+    v, clean_pred = shard_inputs(model, faces, v, norm, clean_pred, eval_batch_size)
     n = len(faces)
-    if clean_pred is None:
-        clean_pred = clean_predictions(model, faces, eval_batch_size)
-    clean_pred = clean_pred.to(faces.device)
     fooled = int(fooled_by(model, faces, v, clean_pred, eval_batch_size).sum()) if n else 0
     if shuffle and n:
         g = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.seed() % (2**63 - 1)))
@@ -217,14 +224,27 @@ def universal_perturbation(model: Model, faces: torch.Tensor, xi: float = 10.0, 
             raise ValueError(f"v0 of shape {tuple(v.shape)} does not match faces {tuple(faces.shape[1:])}")
         if n and fooling_rate(model, faces, v, clean_pred, eval_batch_size) >= 1 - delta:
             return v, []
+    def one_pass(v, p):
+        return uap_pass_shard(model, faces, v, xi=xi, norm=norm, clean_pred=clean_pred, overshoot=overshoot,
+                              max_iter_df=max_iter_df, num_candidates=num_candidates, batch_size=batch_size,
+                              shuffle=shuffle, seed=pass_seed(seed, p), eval_batch_size=eval_batch_size)
+
+    return run_passes(one_pass, lambda v: fooling_rate(model, faces, v, clean_pred, eval_batch_size), v, xi, norm,
+                      n, delta, start_pass, max_passes, callback)
+
+
+def run_passes(one_pass: Callable[[torch.Tensor, int], ShardResult], rate: Callable[[torch.Tensor], float],
+               v: torch.Tensor, xi: float, norm: str, n: int, delta: float, start_pass: int, max_passes: int,
+               callback=None) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """The single-process loop: pass p runs one_pass(v, p) over all faces, v <- P(v + delta),
+    the pass's record holds rate(v); stops at 1 - delta, after max_passes, or when callback(v,
+    record) returns truthy."""
     history: list[dict[str, Any]] = []
     for p in range(start_pass + 1, start_pass + max_passes + 1):
         t0 = time.perf_counter()
-        res = uap_pass_shard(model, faces, v, xi=xi, norm=norm, clean_pred=clean_pred, overshoot=overshoot,
-                             max_iter_df=max_iter_df, num_candidates=num_candidates, batch_size=batch_size,
-                             shuffle=shuffle, seed=pass_seed(seed, p), eval_batch_size=eval_batch_size)
+        res = one_pass(v, p)
         v = merge_updates(v, res.delta[None], xi, norm)
-        fr = fooling_rate(model, faces, v, clean_pred, eval_batch_size)
+        fr = rate(v) if n else 0.0
         rec = {"pass": p, "fooling_rate": fr, "norm": perturbation_norm(v, norm), "faces": n,
                "seconds": time.perf_counter() - t0}
         history.append(rec)

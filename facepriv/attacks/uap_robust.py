@@ -26,13 +26,11 @@ take one step's worth per pass as one process does.
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
 
 from .base import Model
-from .uap import ShardResult, _batches, _check_norm, clean_predictions, pass_seed, perturbation_norm, project
+from .uap import ShardResult, _batches, _check_norm, clean_predictions, pass_seed, project, run_passes, shard_inputs
 
 BOX_RANGE = (96, 144)  # face-box sides (px) v is resized to when fitted; LFW-like photos ~100-130
 SHIFT = 0.025  # re-detected box shift, fraction of the box side (each axis, uniform +-; ~3 px at 120)
@@ -104,14 +102,8 @@ def robust_pass_shard(model: Model, faces: torch.Tensor, v: torch.Tensor, xi: fl
     a random chain, the clamped margin loss summed over the batch, one signed step of `step`
     (pixel units), projection. Returns ShardResult(v_local - v, fooled under the given v by
     `chain_fooled_by`, shard size)."""
-    _check_norm(norm)
-    v = torch.as_tensor(v).to(faces.device, faces.dtype)
-    if v.shape != faces.shape[1:]:
-        raise ValueError(f"v of shape {tuple(v.shape)} does not match faces {tuple(faces.shape[1:])}")
+    v, clean_pred = shard_inputs(model, faces, v, norm, clean_pred, eval_batch_size)
     n = len(faces)
-    if clean_pred is None:
-        clean_pred = clean_predictions(model, faces, eval_batch_size)
-    clean_pred = clean_pred.to(faces.device)
     fooled = int(chain_fooled_by(model, faces, v, clean_pred, box_range, eval_batch_size).sum()) if n else 0
     gen = torch.Generator().manual_seed(int(seed))
     order = torch.randperm(n, generator=gen).to(faces.device) if n else torch.arange(0, device=faces.device)
@@ -144,17 +136,11 @@ def robust_universal_perturbation(model: Model, faces: torch.Tensor, xi: float =
     if clean_pred is None:
         clean_pred = clean_predictions(model, faces, eval_batch_size)
     v = faces.new_zeros(faces.shape[1:]) if v0 is None else project(torch.as_tensor(v0).to(faces), xi, norm)
-    history: list[dict] = []
-    for p in range(start_pass + 1, start_pass + max_passes + 1):
-        t0 = time.perf_counter()
-        res = robust_pass_shard(model, faces, v, xi, norm, clean_pred, step_size(xi, lr, p, total), kappa,
-                                batch_size, pass_seed(seed, p), box_range, eval_batch_size)
-        v = project(v + res.delta, xi, norm)
-        fr = float(chain_fooled_by(model, faces, v, clean_pred, box_range, eval_batch_size).float().mean()) if n else 0.0
-        rec = {"pass": p, "fooling_rate": fr, "norm": perturbation_norm(v, norm), "faces": n,
-               "seconds": time.perf_counter() - t0}
-        history.append(rec)
-        stop = callback(v, rec) if callback is not None else None
-        if fr >= 1 - delta or stop:
-            break
-    return v, history
+    def one_pass(v, p):
+        return robust_pass_shard(model, faces, v, xi, norm, clean_pred, step_size(xi, lr, p, total), kappa,
+                                 batch_size, pass_seed(seed, p), box_range, eval_batch_size)
+
+    def rate(v):
+        return float(chain_fooled_by(model, faces, v, clean_pred, box_range, eval_batch_size).float().mean())
+
+    return run_passes(one_pass, rate, v, xi, norm, n, delta, start_pass, max_passes, callback)
