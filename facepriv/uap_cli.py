@@ -31,7 +31,8 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="deepfool: Algorithm 1 on the model's input grid (the paper's); robust: v fitted through "
                         "what applying it does (resized to a face box, written as uint8, re-cropped with a "
                         "small shift/scale), signed-gradient steps on a clamped margin loss; survives into "
-                        "written photos far better (facepriv/attacks/uap_robust.py) (default deepfool)")
+                        "written photos better (lfw50, paper-cnn, xi 10: held-out fooling 0.32 vs 0.125; "
+                        "facepriv/attacks/uap_robust.py) (default deepfool)")
     a.add_argument("--max-passes", type=int, default=None,
                    help="passes over the faces in total, resumed passes included (default 10 for deepfool, "
                         "60 for robust)")
@@ -113,7 +114,9 @@ def add_parser(sub) -> None:
                                   "Algorithm 1: workers (Ray actors, model loaded once) each run DeepFool over "
                                   "their shard against the current v; a coordinating actor sums their updates, "
                                   "projects onto the xi-ball and records the fooling rate aggregated from all "
-                                  "workers. Stops at 1 - delta or --max-passes; resumes from OUT.")
+                                  "workers (--method robust: each worker runs an epoch of gradient steps through the "
+                                  "apply chain and the coordinator averages them). Stops at 1 - delta or "
+                                  "--max-passes; resumes from OUT.")
     add_fit_options(f)
     f.set_defaults(func=cmd_fit)
     a = us.add_parser("apply", help="cloak every photo under SRC into DST with v (runs on Ray)",
