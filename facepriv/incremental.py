@@ -56,19 +56,51 @@ def should_skip(prior: dict[str, Any] | None, content_sha256: str, settings_hash
 
 
 def latest_per_key(table: pa.Table) -> pa.Table:
-    """Latest processing row per source_key (skipped rows only where nothing else exists)."""
+    """Latest processing row per source_key (skipped rows only where nothing else exists), in
+    key order: the table sorted by key (stably) and reduced by `merge_sorted`'s rule."""
     if table.num_rows == 0:
         return table
-    is_skip = pc.equal(table["status"], "skipped").fill_null(False)
-    # rank: processing rows beat skipped rows, then later finished_at, then later run_id
-    t = table.append_column("_real", pc.invert(is_skip)).append_column("_i", pa.array(range(table.num_rows)))
-    order = pc.sort_indices(t, sort_keys=[("source_key", "ascending"), ("_real", "descending"),
-                                          ("finished_at", "descending"), ("run_id", "descending"),
-                                          ("_i", "descending")])
-    t = t.take(order)
-    keys = t["source_key"].to_pylist()
-    keep = [i for i in range(len(keys)) if i == 0 or keys[i] != keys[i - 1]]
-    return t.take(pa.array(keep, pa.int64())).drop_columns(["_real", "_i"])
+    rows = table.take(pc.sort_indices(table, sort_keys=[("source_key", "ascending")])).to_pylist()
+    out: list[dict[str, Any]] = []
+    merge_sorted([rows], out.extend)
+    return pa.Table.from_pylist(out, schema=table.schema)
+
+
+def _rank(row: dict[str, Any], source: int) -> tuple:
+    """The order of rows of one key (the largest wins): processing rows beat skipped ones, then
+    later finished_at, later run_id, later source; within a source the later row wins a tie."""
+    t = row.get("finished_at")
+    return (row.get("status") != "skipped", t is not None, t.timestamp() if t is not None else 0.0,
+            row.get("run_id") or "", source)
+
+
+def merge_sorted(sources, write, rows_per_write: int = ROW_GROUP) -> int:
+    """k-way merge of row iterators, each sorted by source_key, keeping per key the row `_rank`
+    prefers; `write(list of rows)` gets them in key order, rows_per_write at a time. Returns
+    the rows written."""
+    tagged = [((r["source_key"], i, r) for r in it) for i, it in enumerate(sources)]
+    out: list[dict[str, Any]] = []
+    n = 0
+    key, best, best_rank = None, None, None
+    for k, i, r in heapq.merge(*tagged, key=lambda t: (t[0], t[1])):
+        if k != key:
+            if best is not None:
+                out.append(best)
+            key, best, best_rank = k, r, _rank(r, i)
+        else:
+            rk = _rank(r, i)
+            if rk >= best_rank:  # equal only within one source: its later row wins
+                best, best_rank = r, rk
+        if len(out) >= rows_per_write:
+            write(out)
+            n += len(out)
+            out = []
+    if best is not None:
+        out.append(best)
+    if out:
+        write(out)
+        n += len(out)
+    return n
 
 
 # -- the shell: reading and writing the view -----------------------------------------------
@@ -89,49 +121,12 @@ def _parts(dst: Archive, run: str) -> list[str]:
     return sorted(p for p in dst.fs.find(mdir) if p.endswith(".parquet")) if dst.fs.exists(mdir) else []
 
 
-def _rank(row: dict[str, Any], source: int) -> tuple:
-    """latest_per_key's order for rows of one key, as a sort key (the largest wins): processing
-    rows beat skipped ones, then later finished_at, later run_id, later source."""
-    t = row.get("finished_at")
-    return (row.get("status") != "skipped", t is not None, t.timestamp() if t is not None else 0.0,
-            row.get("run_id") or "", source)
-
-
 def _rows(path: str, fs=None):
     """Rows of a Parquet file, one row group in memory at a time."""
     f = fs.open(path, "rb") if fs is not None else open(path, "rb")
     with f:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=ROW_GROUP):
             yield from batch.to_pylist()
-
-
-def merge_sorted(sources, write, rows_per_write: int = ROW_GROUP) -> int:
-    """k-way merge of row iterators, each sorted by source_key with one row per key, keeping
-    per key the row `_rank` prefers (a later source wins a tie); `write(list of rows)` gets
-    them in key order, rows_per_write at a time. Returns the rows written."""
-    tagged = [((r["source_key"], i, r) for r in it) for i, it in enumerate(sources)]
-    out: list[dict[str, Any]] = []
-    n = 0
-    key, best, best_rank = None, None, None
-    for k, i, r in heapq.merge(*tagged, key=lambda t: (t[0], t[1])):
-        if k != key:
-            if best is not None:
-                out.append(best)
-            key, best, best_rank = k, r, _rank(r, i)
-        else:
-            rk = _rank(r, i)
-            if rk > best_rank:
-                best, best_rank = r, rk
-        if len(out) >= rows_per_write:
-            write(out)
-            n += len(out)
-            out = []
-    if best is not None:
-        out.append(best)
-    if out:
-        write(out)
-        n += len(out)
-    return n
 
 
 def compact(dst: Archive, runs: list[str] | None = None, chunk_rows: int = 50_000) -> dict[str, Any]:

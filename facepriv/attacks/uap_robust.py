@@ -136,6 +136,7 @@ def robust_universal_perturbation(model: Model, faces: torch.Tensor, xi: float =
     if clean_pred is None:
         clean_pred = clean_predictions(model, faces, eval_batch_size)
     v = faces.new_zeros(faces.shape[1:]) if v0 is None else project(torch.as_tensor(v0).to(faces), xi, norm)
+
     def one_pass(v, p):
         return robust_pass_shard(model, faces, v, xi, norm, clean_pred, step_size(xi, lr, p, total), kappa,
                                  batch_size, pass_seed(seed, p), box_range, eval_batch_size)
