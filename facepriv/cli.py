@@ -70,6 +70,10 @@ def add_cloak_options(p: argparse.ArgumentParser) -> None:
                    help="keep EXIF fields other than location (GPS is always stripped)")
     o.add_argument("--no-judge", action="store_true",
                    help="skip re-reading and re-classifying the written files (no fooling rate)")
+    o.add_argument("--redetect", default="near", choices=["near", "full"],
+                   help="where judging looks for each face again in the written file: near (MTCNN on "
+                        "windows around the faces first found, twice their size; default, several times "
+                        "faster on large photos) or full (the whole photo)")
     o.add_argument("--max-pixels", type=int, default=100_000_000,
                    help="refuse images with more pixels than this, before decoding (default 1e8)")
     o.add_argument("--strict", action="store_true",
@@ -115,7 +119,7 @@ def settings_from_args(args: argparse.Namespace):
         kappa=args.kappa, views=args.views, verify_rounds=args.verify_rounds, target=args.target, labels=args.labels, jpeg_quality=args.jpeg_quality,
         keep_metadata=args.keep_metadata, min_face_size=args.min_face_size, thresholds=tuple(args.thresholds),
         min_prob=args.min_prob, max_pixels=args.max_pixels, face_batch=args.face_batch,
-        judge=not args.no_judge, device=args.device, extra=getattr(args, "extra", None) or {},
+        judge=not args.no_judge, redetect=args.redetect, device=args.device, extra=getattr(args, "extra", None) or {},
         surrogate=args.surrogate, embed_loss=args.embed_loss, momentum=args.momentum,
         input_diversity=args.input_diversity, ti_sigma=args.ti_sigma, min_psnr=args.min_psnr, min_ssim=args.min_ssim,
         texture_mask=args.texture_mask,

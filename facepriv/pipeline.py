@@ -62,6 +62,7 @@ class CloakSettings:
     max_pixels: int = imageio.DEFAULT_MAX_PIXELS
     face_batch: int = 32
     judge: bool = True
+    redetect: str = "near"  # judging re-detects the written file: near the known faces | full photo
     device: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)  # attack-specific (e.g. uap path)
     # embed-pgd (facepriv/embed_strategy.py): label-free attack on face-embedding surrogates
@@ -76,7 +77,7 @@ class CloakSettings:
 
     def output_fields(self, model_sha: str | None) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("face_batch", "judge", "device", "model"):
+        for k in ("face_batch", "judge", "redetect", "device", "model"):
             d.pop(k)
         if self.attack != "embed-pgd":  # keep the settings hash of other attacks' runs unchanged
             for k in EMBED_FIELDS:
@@ -305,7 +306,7 @@ class Cloaker:
         encoded = [imageio.encode(p.cloaked, p.decoded, self.settings.jpeg_quality, self.settings.keep_metadata)
                    for p in photos]
         backs = [imageio.decode(data, max_pixels=2**62).rgb for data, _ in encoded]
-        redets = self.detector.detect(backs)
+        redets = self._redetect(photos, backs)
         again: list[FaceItem] = []
         for p, (data, fmt), back, rd in zip(photos, encoded, backs, redets):
             p.verified = (data, fmt, hashlib.sha256(data).hexdigest(), rd)
@@ -324,6 +325,15 @@ class Cloaker:
                 if not fooled:
                     again.append(self._face_item(p, i, target, crop_box=judge_boxes[i]))
         return again
+
+    def _redetect(self, photos: list[_Photo], rgbs: list[np.ndarray]) -> list[Detection]:
+        """Detect faces again in written (or would-be written) pixels of photos with known faces:
+        by default only in windows around the faces found first (`FaceDetector.detect_near`;
+        judging matches only those faces, and on a 2000x1500 group photo the windows are a few
+        percent of the pixels); `redetect="full"` searches the whole photo."""
+        if self.settings.redetect == "full":
+            return self.detector.detect(rgbs)
+        return self.detector.detect_near(rgbs, [p.det.boxes for p in photos])
 
     def _target_for(self, p: _Photo, i: int) -> int | None:
         """Class to attack: the --target class, else the true label of the labelled face."""
@@ -391,7 +401,8 @@ class Cloaker:
             written.append((p, back.rgb))
         with_faces = [(p, rgb) for p, rgb in written if p.det is not None and len(p.det)]
         fresh = [(p, rgb) for p, rgb in with_faces if id(p) not in reused]
-        redets = dict(zip([id(p) for p, _ in fresh], self.detector.detect([rgb for _, rgb in fresh]) if fresh else []))
+        found = self._redetect([p for p, _ in fresh], [rgb for _, rgb in fresh]) if fresh else []
+        redets = dict(zip([id(p) for p, _ in fresh], found))
         redets.update(reused)
         for p, rgb in with_faces:
             self._judge_faces(p, rgb, redets[id(p)])

@@ -144,6 +144,54 @@ def test_geometry_boxes():
     assert np.isclose(geometry.iou(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10]]))[0, 0], 1 / 3)
 
 
+def test_search_windows_merge_overlaps_and_fall_back_to_the_whole_photo():
+    # two faces far apart: two windows, each the box grown by half its side on every side
+    wins = geometry.search_windows(np.array([[100, 100, 140, 140], [500, 300, 560, 360]], np.float32), 1000, 800)
+    assert sorted(wins) == [(80, 80, 160, 160), (470, 270, 590, 390)]
+    # overlapping windows become one (their bounding rectangle); none overlap afterwards
+    wins = geometry.search_windows(np.array([[100, 100, 140, 140], [150, 100, 190, 140],
+                                             [600, 600, 620, 620]], np.float32), 1000, 800, min_side=40)
+    assert sorted(wins) == [(80, 80, 210, 160), (590, 590, 630, 630)]
+    # windows covering most of the photo: the whole photo
+    assert geometry.search_windows(np.array([[10, 10, 90, 90]], np.float32), 100, 100) == [(0, 0, 100, 100)]
+
+
+def test_detect_near_finds_the_faces_detect_finds():
+    from facepriv.faces import FaceDetector
+
+    canvas = np.full((800, 1200, 3), 128, np.uint8)  # two portraits far apart on a large photo
+    for (x, y), f in zip([(40, 60), (860, 480)], sorted((SAMPLE / "test").glob("*/*_0011.jpg"))[:2]):
+        canvas[y : y + 250, x : x + 250] = np.asarray(Image.open(f).convert("RGB"))
+    det = FaceDetector()
+    full = det.detect([canvas])[0]
+    assert len(full) >= 2  # LFW photos may hold a second face in the background
+    wins = geometry.search_windows(full.boxes, 1200, 800, min_side=40)
+    assert 2 <= len(wins) <= len(full) and sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in wins) < 0.2 * 1200 * 800
+    near = det.detect_near([canvas], [full.boxes])[0]
+    assert len(near) == len(full)
+    # the same faces, boxes and landmarks as the whole-photo detection (to float rounding)
+    j = geometry.iou(full.boxes, near.boxes).argmax(1)
+    assert np.allclose(near.boxes[j], full.boxes, atol=1e-2) and np.allclose(near.probs[j], full.probs, atol=1e-4)
+    assert np.allclose(near.landmarks[j], full.landmarks, atol=1e-2)
+    assert len(det.detect_near([canvas], [np.zeros((0, 4), np.float32)])[0]) == len(full)  # no boxes: whole photo
+
+
+def test_paper_cnn_pool_then_relu_is_relu_then_pool_exactly():
+    net = _model()
+    ref = torch.nn.Sequential(net.features[0], torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                              net.features[3], torch.nn.ReLU(), torch.nn.MaxPool2d(3),
+                              net.features[6], torch.nn.ReLU(), torch.nn.MaxPool2d(3))
+    x = (_x(2) - 0.5).requires_grad_(True)  # negative inputs too: windows whose max is <= 0
+    out = net(x)
+    want = net.classifier(ref(x * 255.0))
+    assert torch.equal(out, want)
+    (ga,) = torch.autograd.grad(out[:, 1].sum(), x)
+    (gb,) = torch.autograd.grad(want[:, 1].sum(), x)
+    assert torch.allclose(ga, gb, atol=1e-6)
+    assert list(PaperCNN(5).state_dict()) == [f"features.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")] + [
+        f"classifier.{i}.{p}" for i in (1, 3) for p in ("weight", "bias")]
+
+
 def test_manifest_round_trip(tmp_path):
     row = manifest.empty_row(run_id="r", source_key="a/b.jpg", status="ok", n_faces=1, psnr=40.0,
                              faces=[{"box": [1, 2, 3, 4], "prob": 0.99, "landmarks": [0.0] * 10,
