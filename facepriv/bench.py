@@ -226,7 +226,8 @@ def naive_cloak(files: list[Path], out_dir: Path, model_path: str, attack: str =
 # -- the surrogate's own cost ---------------------------------------------------------------
 def time_fwd_bwd(net: torch.nn.Module, crops: int, repeats: int = 3, views: int = 1) -> float:
     """Median seconds of one forward+backward (w.r.t. the input) of `crops` crops at the
-    model's input size, logits averaged over `views` as the pipeline's CropModel does."""
+    model's input size, logits averaged over `views` as the pipeline's CropModel does (one
+    net call of crops / views crops per view)."""
     size = int(getattr(net, "input_size", 160))
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand((crops, 3, size, size), generator=g)
@@ -238,8 +239,8 @@ def time_fwd_bwd(net: torch.nn.Module, crops: int, repeats: int = 3, views: int 
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        logits = net(x)
-        logits = logits.view(views, crops // views, -1).mean(0)
+        b = crops // views
+        logits = torch.stack([net(x[v * b : (v + 1) * b]) for v in range(views)]).mean(0)
         y = logits.detach().argmax(1)
         loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
         torch.autograd.grad(loss, x)

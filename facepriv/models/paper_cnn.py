@@ -22,10 +22,13 @@ class PaperCNN(nn.Module):
 
     def __init__(self, num_classes: int):
         super().__init__()
+        # ReLU after max pooling: relu(maxpool(x)) == maxpool(relu(x)) exactly (ReLU is monotone,
+        # and where the window max is <= 0 both give 0 and a zero gradient), but ReLU then runs
+        # on 4x / 9x fewer values; the module indices (and so the state_dict keys) are the same
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),    # 160 -> 80
-            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3),   # 80 -> 26
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3),  # 26 -> 8
+            nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),    # 160 -> 80
+            nn.Conv2d(8, 16, 3, padding=1), nn.MaxPool2d(3), nn.ReLU(),   # 80 -> 26
+            nn.Conv2d(16, 32, 3, padding=1), nn.MaxPool2d(3), nn.ReLU(),  # 26 -> 8
         )
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(32 * 8 * 8, 512), nn.ReLU(), nn.Linear(512, num_classes)
