@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from .errors import FacePrivError
+from .geometry import net_over_views
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 TIMING_COLUMNS = ("t_read", "t_detect", "t_attack", "t_write", "t_judge")
@@ -226,8 +227,8 @@ def naive_cloak(files: list[Path], out_dir: Path, model_path: str, attack: str =
 # -- the surrogate's own cost ---------------------------------------------------------------
 def time_fwd_bwd(net: torch.nn.Module, crops: int, repeats: int = 3, views: int = 1) -> float:
     """Median seconds of one forward+backward (w.r.t. the input) of `crops` crops at the
-    model's input size, logits averaged over `views` as the pipeline's CropModel does (one
-    net call of crops / views crops per view)."""
+    model's input size, logits averaged over `views` and the net called as the pipeline's
+    CropModel calls it (`geometry.net_over_views`)."""
     size = int(getattr(net, "input_size", 160))
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand((crops, 3, size, size), generator=g)
@@ -239,8 +240,7 @@ def time_fwd_bwd(net: torch.nn.Module, crops: int, repeats: int = 3, views: int 
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        b = crops // views
-        logits = torch.stack([net(x[v * b : (v + 1) * b]) for v in range(views)]).mean(0)
+        logits = net_over_views(net, list(x.split(crops // views))).mean(0)
         y = logits.detach().argmax(1)
         loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
         torch.autograd.grad(loss, x)

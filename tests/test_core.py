@@ -120,6 +120,19 @@ def test_crop_model_gradients_reach_region_pixels_and_select():
     assert torch.allclose(cm.plain_logits, plain.detach(), atol=1e-5)
 
 
+def test_net_over_views_one_call_or_one_per_view_same_logits(monkeypatch):
+    net, calls = _model(), []
+    orig = net.forward
+    monkeypatch.setattr(net, "forward", lambda x: (calls.append(len(x)), orig(x))[1])
+    crops = list(_x(12).split(4))  # 3 views x 4 faces
+    whole = geometry.net_over_views(net, crops)
+    assert calls == [12] and whole.shape == (3, 4, 5)
+    monkeypatch.setattr(geometry, "MAX_CROPS_PER_CALL", 8)
+    split = geometry.net_over_views(net, crops)
+    assert calls == [12, 4, 4, 4]
+    assert torch.allclose(whole, split, atol=1e-5)
+
+
 def test_crop_resize_is_each_crop_resized_alone_forward_and_backward():
     # crop_resize unbinds the batch once; values and gradients are those of slicing each crop
     g = torch.Generator().manual_seed(3)
