@@ -44,7 +44,9 @@ def _gauss(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return g / g.sum()
 
 
-SSIM_TILE = 128  # output rows/cols per tile of the SSIM map
+_WX = _gauss().view(1, 1, 1, -1).repeat(5, 1, 1, 1)  # separable Gaussian, one filter per moment
+_WY = _gauss().view(1, 1, -1, 1).repeat(5, 1, 1, 1)
+SSIM_TILE = 256  # output rows/cols per tile of the SSIM map
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -85,10 +87,8 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 def _ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The SSIM map over the valid 11x11 windows of two (1,1,H,W) luma tensors."""
-    g = _gauss()
-    wx, wy = g.view(1, 1, 1, -1), g.view(1, 1, -1, 1)
-    stats = torch.cat([x, y, x * x, y * y, x * y])  # one batched blur for the five moments
-    mx, my, bxx, byy, bxy = F.conv2d(F.conv2d(stats, wx), wy)
+    stats = torch.cat([x, y, x * x, y * y, x * y], 1)  # one grouped blur for the five moments
+    mx, my, bxx, byy, bxy = F.conv2d(F.conv2d(stats, _WX, groups=5), _WY, groups=5)[0]
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     sxx, syy, sxy = bxx - mx * mx, byy - my * my, bxy - mx * my
     return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
