@@ -71,9 +71,10 @@ def add_cloak_options(p: argparse.ArgumentParser) -> None:
     o.add_argument("--no-judge", action="store_true",
                    help="skip re-reading and re-classifying the written files (no fooling rate)")
     o.add_argument("--redetect", default="near", choices=["near", "full"],
-                   help="where judging looks for each face again in the written file: near (MTCNN on "
-                        "windows around the faces first found, twice their size; default, several times "
-                        "faster on large photos) or full (the whole photo)")
+                   help="where judging looks for each face again in the written file: near (MTCNN's first "
+                        "stage only on windows around the faces first found, twice their size, cut from the "
+                        "same image pyramid: the boxes a whole-photo detection gives, ~2x faster on large "
+                        "group photos; default) or full (the whole photo)")
     o.add_argument("--max-pixels", type=int, default=100_000_000,
                    help="refuse images with more pixels than this, before decoding (default 1e8)")
     o.add_argument("--strict", action="store_true",
