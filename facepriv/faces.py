@@ -129,9 +129,10 @@ def _detect_face_in_windows(image: np.ndarray, windows: Sequence[tuple[int, int,
     h, w = imgs.shape[2:4]
     t1, t2, t3 = mtcnn.thresholds
     m = 12.0 / mtcnn.min_face_size
-    scales, minl = [], min(h, w) * m
-    while minl >= 12:
-        scales.append(m * mtcnn.factor ** len(scales))
+    scales, scale, minl = [], m, min(h, w) * m
+    while minl >= 12:  # detect_face's pyramid, multiplied out the same way (the same floats)
+        scales.append(scale)
+        scale *= mtcnn.factor
         minl *= mtcnn.factor
     found = []
     for scale in scales:
