@@ -96,7 +96,7 @@ class FaceDetector:
                 box, pts = _detect_face_in_windows(im, wins, self.mtcnn)
             order = np.argsort((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]))[::-1]  # as MTCNN: largest first
             out[i] = self._to_detection(box[order, :4], box[order, 4], pts[order]) if len(box) else Detection.empty()
-        for i, d in zip(whole, self.detect([images[i] for i in whole])):
+        for i, d in zip(whole, self.detect([images[i] for i in whole]) if whole else []):
             out[i] = d
         return [d if d is not None else Detection.empty() for d in out]
 

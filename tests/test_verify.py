@@ -81,3 +81,31 @@ def test_verify_rounds_zero_and_fgsm_keep_a_single_attack(tmp_path):
         c.strategy = lambda chunk, strategy=strategy: attacked.append(len(chunk)) or strategy(chunk)
         rows = c.process(sorted(str(p.relative_to(src)) for p in src.rglob("*.jpg")))
         assert attacked == [sum(r["n_faces"] for r in rows)] and all(r["status"] == "ok" for r in rows)
+
+
+def test_judging_near_the_faces_equals_judging_the_whole_photo(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    canvas = np.full((800, 1200, 3), 128, np.uint8)  # a large photo, two faces far apart
+    for (x, y), f in zip([(40, 60), (860, 480)], sorted((SAMPLE / "test").glob("*/*_0011.jpg"))[:2]):
+        canvas[y : y + 250, x : x + 250] = np.asarray(Image.open(f).convert("RGB"))
+    Image.fromarray(canvas).save(src / "pair.jpg", quality=95)
+    classes = sorted(p.name for p in (SAMPLE / "train").iterdir())
+    ckpt = random_checkpoint(str(tmp_path / "m.pt"), classes)
+    faces, whole_calls = {}, {}
+    for mode in ("near", "full"):
+        s = CloakSettings(model=ckpt, attack="fgsm", eps=8, views=1, redetect=mode)
+        c = Cloaker(str(src), str(tmp_path / f"dst-{mode}"), s, "run")
+        calls: list[int] = []
+        detect = c.detector.detect
+        c.detector.detect = lambda images, detect=detect, calls=calls: calls.append(len(images)) or detect(images)
+        (row,) = c.process(["pair.jpg"])
+        assert row["status"] == "ok" and row["n_faces"] >= 2
+        faces[mode] = [(f["redetected"], f["cloaked_pred"], f["fooled"], f["clean_pred"]) for f in row["faces"]]
+        whole_calls[mode] = len(calls)
+    assert faces["near"] == faces["full"]
+    assert whole_calls == {"near": 1, "full": 2}  # near: only the originals went through the whole-photo detector
+    assert (tmp_path / "dst-near" / "pair.jpg").read_bytes() == (tmp_path / "dst-full" / "pair.jpg").read_bytes()
