@@ -107,7 +107,7 @@ class _Photo:
     cloaked: np.ndarray | None = None
     faces: list[dict[str, Any]] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
-    verified: tuple | None = None  # (bytes, format, sha256, re-detection) of the would-be file
+    verified: tuple | None = None  # (bytes, format, sha256, re-detection, decoded rgb) of the would-be file
     clean: tuple | None = None  # surrogate (pred, conf) on the original faces
 
 
@@ -309,7 +309,7 @@ class Cloaker:
         redets = self._redetect(photos, backs)
         again: list[FaceItem] = []
         for p, (data, fmt), back, rd in zip(photos, encoded, backs, redets):
-            p.verified = (data, fmt, hashlib.sha256(data).hexdigest(), rd)
+            p.verified = (data, fmt, hashlib.sha256(data).hexdigest(), rd, back)
             if not retry or self.loaded is None:
                 continue
             _, judge_boxes = _match(p.det, rd)
@@ -389,16 +389,20 @@ class Cloaker:
             p.faces = []  # _guard may re-run this stage photo by photo
             try:
                 data = self.dst.read_bytes(p.key)
-                back = imageio.decode(data, max_pixels=2**62)
+                same = p.verified is not None and hashlib.sha256(data).hexdigest() == p.verified[2]
+                # the very bytes the verification decoded and re-detected: the same pixels and
+                # detection, so neither runs twice; other bytes are decoded and detected afresh
+                rgb = p.verified[4] if same else imageio.decode(data, max_pixels=2**62).rgb
             except FacePrivError as e:
                 self._fail(p, f"written file does not decode: {e}")
                 continue
-            if back.rgb.shape != p.decoded.rgb.shape:
-                self._fail(p, f"written file has size {back.size}, expected {p.decoded.size}")
+            if rgb.shape != p.decoded.rgb.shape:
+                self._fail(p, f"written file has size {rgb.shape[1]}x{rgb.shape[0]}, expected "
+                              f"{p.decoded.size[0]}x{p.decoded.size[1]}")
                 continue
-            if p.verified is not None and hashlib.sha256(data).hexdigest() == p.verified[2]:
-                reused[id(p)] = p.verified[3]  # same bytes, so the same detection: don't run it twice
-            written.append((p, back.rgb))
+            if same:
+                reused[id(p)] = p.verified[3]
+            written.append((p, rgb))
         with_faces = [(p, rgb) for p, rgb in written if p.det is not None and len(p.det)]
         fresh = [(p, rgb) for p, rgb in with_faces if id(p) not in reused]
         found = self._redetect([p for p, _ in fresh], [rgb for _, rgb in fresh]) if fresh else []

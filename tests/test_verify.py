@@ -109,3 +109,43 @@ def test_judging_near_the_faces_equals_judging_the_whole_photo(tmp_path):
     assert faces["near"] == faces["full"]
     assert whole_calls == {"near": 1, "full": 2}  # near: only the originals went through the whole-photo detector
     assert (tmp_path / "dst-near" / "pair.jpg").read_bytes() == (tmp_path / "dst-full" / "pair.jpg").read_bytes()
+
+
+def test_judge_decodes_and_detects_afresh_when_the_file_read_back_is_not_the_verified_bytes(tmp_path):
+    import io
+
+    from PIL import Image
+
+    src = _photos(tmp_path)
+    classes = sorted(p.name for p in (SAMPLE / "train").iterdir())
+    ckpt = random_checkpoint(str(tmp_path / "m.pt"), classes)
+    keys = sorted(str(p.relative_to(src)) for p in src.rglob("*.jpg"))
+    psnr: dict[str, list[float]] = {}
+    for tamper in ("none", "reencode", "garbage"):
+        s = CloakSettings(model=ckpt, attack="fgsm", eps=8, views=1)
+        c = Cloaker(str(src), str(tmp_path / f"dst-{tamper}"), s, "run")
+        calls: list[int] = []
+        detect = c.detector.detect
+        c.detector.detect = lambda images, detect=detect, calls=calls: calls.append(len(images)) or detect(images)
+        read = c.dst.read_bytes
+
+        def tampered(key, read=read, tamper=tamper):
+            data = read(key)
+            if tamper == "reencode":  # a storage layer that recompresses: decodable, other bytes
+                buf = io.BytesIO()
+                Image.open(io.BytesIO(data)).save(buf, "JPEG", quality=60)
+                return buf.getvalue()
+            return data[:100] if tamper == "garbage" else data
+
+        c.dst.read_bytes = tampered
+        rows = c.process(keys)
+        # originals + verification, then the judge only for bytes it has not seen
+        assert calls == {"none": [4, 4], "reencode": [4, 4, 4], "garbage": [4, 4]}[tamper]
+        if tamper == "garbage":
+            assert all(r["status"] == "error" and "does not decode" in r["reason"] for r in rows)
+        else:
+            assert all(r["status"] == "ok" and r["faces"] for r in rows)
+            psnr[tamper] = [r["psnr"] for r in rows]
+    # judged on the pixels read back (recompressed at q60: it smooths the cloak away, so PSNR
+    # even rises), not on the verified q95 ones
+    assert all(a != b for a, b in zip(psnr["reencode"], psnr["none"])), psnr
