@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .geometry import search_windows
+
 
 @dataclass
 class Detection:
@@ -82,8 +84,6 @@ class FaceDetector:
         the later stages are MTCNN's own on the whole photo. So a face inside a window is found
         as `detect` finds it (boxes equal to float rounding); faces elsewhere are not looked
         for. Images without boxes, or whose windows would cover most of them, are detected whole."""
-        from .geometry import search_windows
-
         out: list[Detection | None] = [None] * len(images)
         whole: list[int] = []
         for i, (im, b) in enumerate(zip(images, boxes)):
@@ -95,7 +95,7 @@ class FaceDetector:
             with torch.no_grad():
                 box, pts = _detect_face_in_windows(im, wins, self.mtcnn)
             order = np.argsort((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]))[::-1]  # as MTCNN: largest first
-            out[i] = self._to_detection(box[order, :4], box[order, 4], pts[order]) if len(box) else Detection.empty()
+            out[i] = self._to_detection(box[order, :4], box[order, 4], pts[order])
         for i, d in zip(whole, self.detect([images[i] for i in whole]) if whole else []):
             out[i] = d
         return [d if d is not None else Detection.empty() for d in out]

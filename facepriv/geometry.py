@@ -52,23 +52,19 @@ def search_windows(boxes: np.ndarray, width: int, height: int, margin: float = 0
         side = max(float(b[2] - b[0]), float(b[3] - b[1]), 1.0)
         grow = max(margin * side, (min_side - side) / 2, 0.0)
         wins.append(list(int_box((b[0] - grow, b[1] - grow, b[2] + grow, b[3] + grow), width, height)))
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(wins)):
-            for j in range(i + 1, len(wins)):
-                a, b = wins[i], wins[j]
-                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
-                    wins[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
-                    del wins[j]
-                    merged = True
-                    break
-            if merged:
-                break
+    while (pair := next(((i, j) for i in range(len(wins)) for j in range(i + 1, len(wins))
+                         if _overlap(wins[i], wins[j])), None)) is not None:
+        i, j = pair
+        a, b = wins[i], wins.pop(j)
+        wins[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
     area = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in wins)
     if not wins or area > full_above * width * height:
         return [(0, 0, width, height)]
     return [tuple(w) for w in wins]
+
+
+def _overlap(a: Sequence[int], b: Sequence[int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def crop_resize(images: torch.Tensor, boxes: Sequence[Sequence[int]], size: int) -> torch.Tensor:

@@ -41,15 +41,21 @@ def _photos(tmp_path) -> Path:
     return src
 
 
+def _count_whole_photo_detections(c: Cloaker) -> list[int]:
+    """Record the batch size of every whole-photo MTCNN call the cloaker's detector makes."""
+    calls: list[int] = []
+    detect = c.detector.detect
+    c.detector.detect = lambda images: calls.append(len(images)) or detect(images)
+    return calls
+
+
 def test_verify_writes_the_verified_bytes_and_judges_without_a_second_detection(tmp_path):
     src = _photos(tmp_path)
     classes = sorted(p.name for p in (SAMPLE / "train").iterdir())
     ckpt = random_checkpoint(str(tmp_path / "m.pt"), classes)
     s = CloakSettings(model=ckpt, attack="pgd", eps=4, steps=2, views=1, labels="folder", verify_rounds=2)
     c = Cloaker(str(src), str(tmp_path / "dst"), s, "run")
-    calls: list[int] = []
-    detect = c.detector.detect
-    c.detector.detect = lambda images: calls.append(len(images)) or detect(images)
+    calls = _count_whole_photo_detections(c)
     attacked: list[int] = []
     strategy = c.strategy
     c.strategy = lambda chunk: attacked.append(len(chunk)) or strategy(chunk)
@@ -99,9 +105,7 @@ def test_judging_near_the_faces_equals_judging_the_whole_photo(tmp_path):
     for mode in ("near", "full"):
         s = CloakSettings(model=ckpt, attack="fgsm", eps=8, views=1, redetect=mode)
         c = Cloaker(str(src), str(tmp_path / f"dst-{mode}"), s, "run")
-        calls: list[int] = []
-        detect = c.detector.detect
-        c.detector.detect = lambda images, detect=detect, calls=calls: calls.append(len(images)) or detect(images)
+        calls = _count_whole_photo_detections(c)
         (row,) = c.process(["pair.jpg"])
         assert row["status"] == "ok" and row["n_faces"] >= 2
         faces[mode] = [(f["redetected"], f["cloaked_pred"], f["fooled"], f["clean_pred"]) for f in row["faces"]]
@@ -124,9 +128,7 @@ def test_judge_decodes_and_detects_afresh_when_the_file_read_back_is_not_the_ver
     for tamper in ("none", "reencode", "garbage"):
         s = CloakSettings(model=ckpt, attack="fgsm", eps=8, views=1)
         c = Cloaker(str(src), str(tmp_path / f"dst-{tamper}"), s, "run")
-        calls: list[int] = []
-        detect = c.detector.detect
-        c.detector.detect = lambda images, detect=detect, calls=calls: calls.append(len(images)) or detect(images)
+        calls = _count_whole_photo_detections(c)
         read = c.dst.read_bytes
 
         def tampered(key, read=read, tamper=tamper):
