@@ -15,8 +15,11 @@ Distributed loop (`fit_distributed`)
   (sum-then-project, see facepriv/attacks/uap.py: order-independent; a worker that changed
   nothing does not pull v back; with W = 1 it is exactly the single-process pass).
   With `--method robust` each worker runs one epoch of `robust_pass_shard` (signed-gradient
-  steps through the apply chain) and the coordinator takes the *mean* of the deltas (weights
-  1/W: local SGD with averaging, so W workers move v one epoch's worth, like one process).
+  steps through the apply chain) over its 1/W of the faces, and the same sum-then-project
+  merges their deltas: W workers together take as many steps per pass as one process takes
+  over all the faces. (Their mean moved v 1/W as far per pass: on lfw50 with 2 workers it
+  reached a training fooling rate of 0.208 after 60 passes against the single process's 0.268;
+  the sum reaches 0.244.)
 - The fooling rate recorded for a pass is that of the merged v, aggregated from all workers'
   counts (sum fooled / sum total after the merge), the same quantity the single-process
   loop records; the workers' counts under the v they were sent are kept as
@@ -291,9 +294,7 @@ class Coordinator:
         results = ray.get([w.run_pass.remote(vref, p) for w in self.workers])
         before = sum(r[1] for r in results)
         total = sum(r[2] for r in results)
-        # deepfool: sum-then-project; robust: the mean of the workers' epochs (local SGD, averaged)
-        weights = [1.0 / len(results)] * len(results) if self.s.method == "robust" else None
-        self.v = merge_updates(self.v, [torch.from_numpy(r[0]) for r in results], self.s.xi, self.s.norm, weights)
+        self.v = merge_updates(self.v, [torch.from_numpy(r[0]) for r in results], self.s.xi, self.s.norm)
         fooled, total = self.fooling()
         rec = {"pass": p, "fooling_rate": fooled / total if total else 0.0,
                "norm": perturbation_norm(self.v, self.s.norm), "faces": total,

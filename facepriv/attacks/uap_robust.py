@@ -19,9 +19,9 @@ takes normalised gradient steps), lr_p = xi * lr decaying linearly over the pass
 Fooling counts (`chain_fooled_by`) use the chain at fixed settings (b = the middle of
 `box_range`, no shift or scale; quantised): deterministic per face, so single-process and
 sharded counts agree. A worker runs `robust_pass_shard` (one epoch over its shard against a
-local v) and returns delta = v_local - v; workers' deltas are merged with the mean
-(`merge_updates(..., weights=[1/W] * W)`), i.e. local SGD with model averaging, so W workers
-take one step's worth per pass as one process does.
+local v) and returns delta = v_local - v; workers' deltas are summed and projected
+(`merge_updates`), so W workers, each stepping through 1/W of the faces, move v as many steps
+per pass as one process stepping through all of them.
 """
 
 from __future__ import annotations
