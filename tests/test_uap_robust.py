@@ -1,8 +1,9 @@
 """`--method robust`: the apply chain, and the fit through it (single process, and sharded with
-the mean merge on local Ray), on the backdoor toy of test_uap.py."""
+the sum-then-project merge on local Ray), on the backdoor toy of test_uap.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from facepriv.attacks import uap_robust
-from facepriv.attacks.uap import clean_predictions, fooled_by
-from facepriv.uap_fit import FitSettings, fit_distributed, fit_local
+from facepriv.attacks.uap import clean_predictions, fooled_by, merge_updates
+from facepriv.uap_fit import FitSettings, ShardFitter, fit_distributed, fit_local
 
 from helpers import backdoor_toy
 
@@ -76,8 +77,19 @@ def test_robust_distributed_one_worker_is_the_single_process_fit(tmp_path, toy):
     try:
         v1, h1 = fit_distributed(net, path, SIZE, s, 1, torch_threads=1, log=lambda m: None)
         v2, h2 = fit_distributed(net, path, SIZE, s, 2, torch_threads=1, log=lambda m: None)
+        one = dataclasses.replace(s, max_passes=1)
+        v_pass1, _ = fit_distributed(net, path, SIZE, one, 2, torch_threads=1, log=lambda m: None)
     finally:
         ray.shutdown()
+    # the merge rule: the workers' epoch deltas (each over its shard, from the same v) are summed,
+    # then projected - so two workers together take as many steps per pass as one process
+    shards = [ShardFitter(net, path, k, 2, dataclasses.asdict(one)) for k in range(2)]
+    deltas = [torch.from_numpy(w.run_pass(np.zeros((3, SIZE, SIZE), np.float32), 1)[0]) for w in shards]
+    assert all(d.abs().sum() > 0 for d in deltas)
+    expected = merge_updates(torch.zeros(3, SIZE, SIZE), deltas, one.xi, one.norm).numpy()
+    assert np.allclose(v_pass1, expected, atol=1e-6)
+    assert not np.allclose(v_pass1, merge_updates(torch.zeros(3, SIZE, SIZE), deltas, one.xi, one.norm,
+                                                  weights=[0.5, 0.5]).numpy(), atol=1e-6)
     assert np.allclose(v1, v_ref, atol=1e-6)
     assert [h["fooling_rate"] for h in h1] == pytest.approx([h["fooling_rate"] for h in h_ref])
     assert np.abs(v2).max() <= 16 / 255 + 1e-7 and h2[-1]["workers"] == 2
