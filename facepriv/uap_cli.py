@@ -115,7 +115,7 @@ def add_parser(sub) -> None:
                                   "their shard against the current v; a coordinating actor sums their updates, "
                                   "projects onto the xi-ball and records the fooling rate aggregated from all "
                                   "workers (--method robust: each worker runs an epoch of gradient steps through the "
-                                  "apply chain and the coordinator averages them). Stops at 1 - delta or "
+                                  "apply chain, merged the same way). Stops at 1 - delta or "
                                   "--max-passes; resumes from OUT.")
     add_fit_options(f)
     f.set_defaults(func=cmd_fit)
