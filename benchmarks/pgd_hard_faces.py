@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from facepriv import geometry, imageio  # noqa: E402
+from facepriv.attacks.base import margin  # noqa: E402
 from facepriv.attacks.pgd import pgd  # noqa: E402
 from facepriv.faces import FaceDetector  # noqa: E402
 from facepriv.models.checkpoint import load_checkpoint  # noqa: E402
@@ -50,6 +51,11 @@ def unfooled(run_dir: str) -> list[tuple[str, str, np.ndarray]]:
     return out
 
 
+def as_batch(rgb: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 -> (1, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div(255)[None]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir")
@@ -63,11 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     net, classes, size = loaded.model.eval(), loaded.classes, loaded.model.input_size
     det = FaceDetector()
 
-    def margin(rgb: np.ndarray, box, y: int) -> float:
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div(255)[None]
+    def logit_margin(rgb: np.ndarray, box, y: int) -> float:
         with torch.no_grad():
-            z = net(geometry.crop_resize(x, [box], size))[0]
-        return float(z[y] - torch.cat([z[:y], z[y + 1 :]]).max())
+            return float(margin(net(geometry.crop_resize(as_batch(rgb), [box], size)), torch.tensor([y]))[0])
 
     def redetected(rgb: np.ndarray, box: np.ndarray):
         found = det.detect([rgb])[0].boxes
@@ -82,23 +86,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'face':34s} {'clean':>7s} {'memory':>7s} {'png':>7s} {'jpeg':>7s} {'jpeg+redetect':>14s}  box shift (px)")
     counts = dict.fromkeys(("memory", "png", "jpeg", "jpeg+redetect"), 0)
     for key, label, box in faces:
-        rgb = imageio.decode(open(os.path.join(a.src, key), "rb").read()).rgb
+        with open(os.path.join(a.src, key), "rb") as f:
+            rgb = imageio.decode(f.read()).rgb
         h, w = rgb.shape[:2]
         y = classes.index(label)
         crop = geometry.int_box(geometry.square_box(box), w, h)
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div(255)[None]
         model = geometry.CropModel(net, [crop], size)
-        adv, _ = pgd(model, x, torch.tensor([y]), eps=a.eps, steps=a.steps, alpha=1.0, early_stop=False)
+        adv, _ = pgd(model, as_batch(rgb), torch.tensor([y]), eps=a.eps, steps=a.steps, alpha=1.0, early_stop=False)
         cloaked = adv[0].mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
         jpeg = imageio.jpeg_round_trip(cloaked, a.jpeg_quality)
         png_box, _ = redetected(cloaked, box)
         jpeg_box, shift = redetected(jpeg, box)
-        m = {"memory": margin(cloaked, crop, y), "jpeg": margin(jpeg, crop, y),
-             "png": margin(cloaked, png_box, y) if png_box else float("nan"),
-             "jpeg+redetect": margin(jpeg, jpeg_box, y) if jpeg_box else float("nan")}
+        m = {"memory": logit_margin(cloaked, crop, y), "jpeg": logit_margin(jpeg, crop, y),
+             "png": logit_margin(cloaked, png_box, y) if png_box else float("nan"),
+             "jpeg+redetect": logit_margin(jpeg, jpeg_box, y) if jpeg_box else float("nan")}
         for k, v in m.items():
             counts[k] += v < 0
-        print(f"{key[-34:]:34s} {margin(rgb, crop, y):7.2f} {m['memory']:7.2f} {m['png']:7.2f} {m['jpeg']:7.2f} "
+        print(f"{key[-34:]:34s} {logit_margin(rgb, crop, y):7.2f} {m['memory']:7.2f} {m['png']:7.2f} {m['jpeg']:7.2f} "
               f"{m['jpeg+redetect']:14.2f}  {np.round(shift, 1) if shift is not None else '-'}")
     print("fooled: " + ", ".join(f"{k} {v}/{len(faces)}" for k, v in counts.items()))
     return 0

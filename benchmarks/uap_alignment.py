@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from facepriv import crops as crops_mod  # noqa: E402
+from facepriv.attacks import base as attack_base  # noqa: E402
 from facepriv.attacks import uap_robust  # noqa: E402
 from facepriv.attacks.uap import project  # noqa: E402
 from facepriv.models.checkpoint import load_checkpoint  # noqa: E402
@@ -61,7 +62,7 @@ def fit_on_grid(net, x: torch.Tensor, y: torch.Tensor, xi: float, epochs: int, b
         for s in range(0, len(x), batch):
             idx = order[s : s + batch]
             vv = v.clone().requires_grad_(True)
-            margin = uap_robust._margin(net((x[idx] + vv).clamp(0, 1)), y[idx])
+            margin = attack_base.margin(net((x[idx] + vv).clamp(0, 1)), y[idx])
             (grad,) = torch.autograd.grad(margin.clamp(min=-kappa).sum(), vv)
             v = project(v - step * grad.sign(), xi, "linf")
     return v

@@ -23,16 +23,19 @@ def predict(model: Model, x: torch.Tensor) -> torch.Tensor:
     return model(x).argmax(1)
 
 
-def fooled_mask(logits: torch.Tensor, y: torch.Tensor, targeted: bool, kappa: float = 0.0) -> torch.Tensor:
-    """Which rows are fooled: untargeted, the true class trails the best other class by more
-    than kappa logits; targeted, the target leads every other class by more than kappa."""
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per row, the logit of class y minus the best other class's (< 0: y is not predicted)."""
     true = logits.gather(1, y[:, None])[:, 0]
     other = logits.clone()
     other.scatter_(1, y[:, None], float("-inf"))
-    best_other = other.max(1).values
-    if targeted:
-        return true - best_other > kappa
-    return best_other - true > kappa
+    return true - other.max(1).values
+
+
+def fooled_mask(logits: torch.Tensor, y: torch.Tensor, targeted: bool, kappa: float = 0.0) -> torch.Tensor:
+    """Which rows are fooled: untargeted, the true class trails the best other class by more
+    than kappa logits; targeted, the target leads every other class by more than kappa."""
+    m = margin(logits, y)
+    return m > kappa if targeted else -m > kappa
 
 
 def loss_fn(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Model
+from .base import Model, margin
 from .uap import ShardResult, _batches, _check_norm, clean_predictions, pass_seed, project, run_passes, shard_inputs
 
 BOX_RANGE = (96, 144)  # face-box sides (px) v is resized to when fitted; LFW-like photos ~100-130
@@ -70,13 +70,6 @@ def random_chain(faces: torch.Tensor, v: torch.Tensor, gen: torch.Generator,
     return chain(faces, v, box, shift, scale)
 
 
-def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    true = logits.gather(1, y[:, None])[:, 0]
-    other = logits.clone()
-    other.scatter_(1, y[:, None], float("-inf"))
-    return true - other.max(1).values
-
-
 @torch.no_grad()
 def chain_fooled_by(model: Model, faces: torch.Tensor, v: torch.Tensor, clean_pred: torch.Tensor,
                     box_range: tuple[int, int] = BOX_RANGE, batch_size: int = 64) -> torch.Tensor:
@@ -112,7 +105,7 @@ def robust_pass_shard(model: Model, faces: torch.Tensor, v: torch.Tensor, xi: fl
         idx = order[s:e]
         vv = v_local.clone().requires_grad_(True)
         logits = model(random_chain(faces[idx], vv, gen, box_range))
-        loss = _margin(logits, clean_pred[idx]).clamp(min=-kappa).sum()
+        loss = margin(logits, clean_pred[idx]).clamp(min=-kappa).sum()
         (g,) = torch.autograd.grad(loss, vv)
         with torch.no_grad():
             d = g.sign() if norm == "linf" else g / g.norm().clamp_min(1e-12) * (g.numel() ** 0.5)
