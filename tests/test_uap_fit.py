@@ -77,6 +77,7 @@ def test_distributed_fit_matches_single_process(tmp_path, toy):
     v_ref, h_ref = fit_local(faces, net, s, log=lambda m: None)
     assert h_ref[-1]["fooling_rate"] > 0.5, "the toy should be foolable"
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.shutdown()  # an earlier test's in-process run may have left its Ray instance up
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         out1 = str(tmp_path / "one" / "v.npy")

@@ -73,6 +73,7 @@ def test_robust_distributed_one_worker_is_the_single_process_fit(tmp_path, toy):
                     kappa=2.0)
     v_ref, h_ref = fit_local(u8.float() / 255, net, s, log=lambda m: None)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.shutdown()  # an earlier test's in-process run may have left its Ray instance up
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         v1, h1 = fit_distributed(net, path, SIZE, s, 1, torch_threads=1, log=lambda m: None)
