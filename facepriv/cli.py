@@ -59,6 +59,11 @@ def add_cloak_options(p: argparse.ArgumentParser) -> None:
                    help="pgd: encode each cloaked photo as it will be written, re-detect and re-classify it, "
                         "and re-attack (from the current cloak, through the re-detected crop) the faces it "
                         "does not fool, up to this many times (default 3; 0 = off)")
+    a.add_argument("--check-every", type=int, default=2,
+                   help="pgd: spend the same step budget (steps x (verify-rounds + 1) per face) in calls of "
+                        "this many steps, re-detecting the would-be file after each, so a face stops once the "
+                        "file fools it and the attack follows the box re-detection finds (default 2; "
+                        "0 = check only after every --steps steps)")
     a.add_argument("--target", default=None, help="targeted attack: make every face read as this class")
     a.add_argument("--labels", default="none", choices=["none", "folder"],
                    help="folder: a photo's identity is its parent folder's name (for judging against the "
@@ -117,7 +122,7 @@ def settings_from_args(args: argparse.Namespace):
         prepare_args(args)  # --uap required; eps = the perturbation's size; extra records the file
     return CloakSettings(
         model=args.model, attack=args.attack, eps=args.eps, steps=args.steps, alpha=args.alpha,
-        kappa=args.kappa, views=args.views, verify_rounds=args.verify_rounds, target=args.target, labels=args.labels, jpeg_quality=args.jpeg_quality,
+        kappa=args.kappa, views=args.views, verify_rounds=args.verify_rounds, check_every=args.check_every, target=args.target, labels=args.labels, jpeg_quality=args.jpeg_quality,
         keep_metadata=args.keep_metadata, min_face_size=args.min_face_size, thresholds=tuple(args.thresholds),
         min_prob=args.min_prob, max_pixels=args.max_pixels, face_batch=args.face_batch,
         judge=not args.no_judge, redetect=args.redetect, device=args.device, extra=getattr(args, "extra", None) or {},

@@ -51,6 +51,7 @@ class CloakSettings:
     views: int = 5  # crop-jitter views averaged per gradient (1 = plain crop)
     simulate_write: bool = True  # attack what the file will hold (uint8, JPEG round trip)
     verify_rounds: int = 3  # re-detect the would-be file; re-attack faces it does not fool (pgd)
+    check_every: int = 2  # pgd: spend the same step budget in calls of this many steps, re-detecting after each
     target: str | None = None  # targeted attack: move every face to this class
     labels: str = "none"  # none | folder
     jpeg_quality: int = 95
@@ -88,6 +89,26 @@ class CloakSettings:
     def hash(self, model_sha: str | None) -> str:
         blob = json.dumps(self.output_fields(model_sha), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def step_plan(settings: CloakSettings, resumable: bool) -> tuple[int, int]:
+    """(steps per strategy call, verify-and-retry rounds) for a face's step budget.
+
+    A resumable attack (pgd) gets `steps` per face and up to `verify_rounds` re-attacks of as
+    many steps, the would-be file re-detected and re-classified after each: a budget of
+    steps x (verify_rounds + 1). With `check_every` = c < steps the same budget is spent in
+    calls of c steps (at most budget // c of them), with the check after each call: a face
+    stops as soon as the written file fools it, and its crop follows the box re-detection
+    gives after c steps instead of after `steps`. The re-detected box moves as the cloak
+    grows (MTCNN's boxes shift by 1-3 px under a +-4 perturbation), so checking often is
+    what keeps the cloak aimed at the crop the judge will see. No checks when verify_rounds
+    is 0 or the attack is not resumable."""
+    steps, rounds = settings.steps, settings.verify_rounds
+    if not resumable or rounds <= 0:
+        return steps, 0
+    per_call = min(settings.check_every, steps) if settings.check_every > 0 else steps
+    per_call = max(per_call, 1)
+    return per_call, max(steps * (rounds + 1) // per_call - 1, 0)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -143,7 +164,16 @@ class Cloaker:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         if settings.target is not None and settings.target not in self.class_index:
             raise FacePrivError(f"--target {settings.target!r} is not one of the model's classes")
-        self.strategy = make_strategy(settings, self.loaded, self.device)
+        per_call, self.rounds = step_plan(settings, self._resumable(settings))
+        self.strategy = make_strategy(dataclasses.replace(settings, steps=per_call), self.loaded, self.device)
+
+    def _resumable(self, settings: CloakSettings) -> bool:
+        """Whether the attack can be re-run on faces from their current cloak (pgd), so the
+        verify stage can re-attack them; it needs a classifier to re-classify the would-be file."""
+        from .strategies import REGISTRY
+
+        factory = REGISTRY.get(settings.attack)
+        return bool(getattr(factory, "resumable", False)) and self.loaded is not None
 
     # -- Ray Data entry point -------------------------------------------------------------
     def __call__(self, batch: dict[str, Any]):
@@ -241,8 +271,7 @@ class Cloaker:
             items += [self._face_item(p, i, self._target_for(p, i)) for i in range(len(p.det))]
         self._run_strategy(items)
         t_verify = 0.0
-        retry = getattr(self.strategy, "resumable", False) and self.loaded is not None
-        rounds = self.settings.verify_rounds if retry else 0
+        rounds = self.rounds
         if self.settings.judge or rounds:
             todo = [p for p in photos if p.steps]
             for r in range(rounds + 1):

@@ -151,3 +151,37 @@ def test_judge_decodes_and_detects_afresh_when_the_file_read_back_is_not_the_ver
     # judged on the pixels read back (recompressed at q60: it smooths the cloak away, so PSNR
     # even rises), not on the verified q95 ones
     assert all(a != b for a, b in zip(psnr["reencode"], psnr["none"])), psnr
+
+
+def test_step_plan_spends_the_same_budget_in_checked_calls():
+    from facepriv.pipeline import step_plan
+
+    def plan(resumable=True, **kw):
+        return step_plan(CloakSettings(attack="pgd", **kw), resumable)
+
+    # budget steps x (verify_rounds + 1) = 40: 20 calls of 2 steps, the first plus 19 re-checks
+    assert plan(steps=10, verify_rounds=3) == (2, 19)
+    assert plan(steps=10, verify_rounds=3, check_every=0) == (10, 3)  # one check per --steps
+    assert plan(steps=10, verify_rounds=3, check_every=3) == (3, 12)  # 39 <= 40 steps
+    assert plan(steps=1, verify_rounds=3, check_every=5) == (1, 3)
+    # no verification asked, or an attack that cannot resume: all steps in one call, no retry
+    assert plan(steps=10, verify_rounds=0) == (10, 0)
+    assert plan(False, steps=10, verify_rounds=3) == (10, 0)
+
+
+def test_check_every_verifies_between_calls_within_the_budget(tmp_path):
+    src = _photos(tmp_path)
+    classes = sorted(p.name for p in (SAMPLE / "train").iterdir())
+    ckpt = random_checkpoint(str(tmp_path / "m.pt"), classes)
+    s = CloakSettings(model=ckpt, attack="pgd", eps=4, steps=2, views=1, labels="folder", verify_rounds=1,
+                      check_every=1, kappa=50.0)  # kappa: no face stops early in memory
+    c = Cloaker(str(src), str(tmp_path / "dst"), s, "run")
+    assert c.strategy.s.steps == 1 and c.rounds == 3
+    attacked: list[int] = []
+    strategy = c.strategy
+    c.strategy = lambda chunk: attacked.append(len(chunk)) or strategy(chunk)
+    rows = c.process(sorted(str(p.relative_to(src)) for p in src.rglob("*.jpg")))
+    faces = [f for r in rows for f in r["faces"]]
+    assert 1 <= len(attacked) <= 4 and all(f["steps"] <= 4 for f in faces)
+    # every call is one step: a face attacked in k calls took k steps
+    assert sum(f["steps"] for f in faces) == sum(attacked)
