@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("data_dir", help="DATA_DIR/<identity>/<photos> (e.g. the 50-identity lfw50 set)")
     ap.add_argument("--out", required=True, help="output folder (data split, model, runs, report, table)")
     ap.add_argument("--train-per-identity", type=int, default=10, help="photos per identity for training (10)")
-    ap.add_argument("--epochs", type=int, default=40, help="training epochs (default 40)")
+    ap.add_argument("--epochs", type=int, default=60, help="training epochs (default 60)")
     ap.add_argument("--fgsm-eps", type=float, nargs="+", default=[2, 4, 8, 16], help="FGSM eps values (0-255)")
     ap.add_argument("--pgd-eps", type=float, default=4.0, help="PGD eps (default 4)")
     ap.add_argument("--judge", action="append", default=None, help="independent judges (default: dlib)")
