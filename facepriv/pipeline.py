@@ -31,7 +31,7 @@ from .errors import FacePrivError, InputError
 from .faces import Detection, DetectorSettings, FaceDetector
 from .metrics import linf_l2, psnr, ssim
 from .models.checkpoint import load_checkpoint
-from .strategies import FaceItem, make as make_strategy
+from .strategies import REGISTRY, FaceItem, make as make_strategy
 
 
 EMBED_FIELDS = ("surrogate", "embed_loss", "momentum", "input_diversity", "ti_sigma", "min_psnr", "min_ssim",
@@ -170,8 +170,6 @@ class Cloaker:
     def _resumable(self, settings: CloakSettings) -> bool:
         """Whether the attack can be re-run on faces from their current cloak (pgd), so the
         verify stage can re-attack them; it needs a classifier to re-classify the would-be file."""
-        from .strategies import REGISTRY
-
         factory = REGISTRY.get(settings.attack)
         return bool(getattr(factory, "resumable", False)) and self.loaded is not None
 
