@@ -6,7 +6,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-demo-out}"
 mkdir -p "$out"
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
-facepriv train "$here/sample/train" --arch paper-cnn --epochs 30 --out "$out/model.pt"
+facepriv train "$here/sample/train" --arch paper-cnn --out "$out/model.pt"
 facepriv cloak "$here/sample/test" "$out/cloaked" --model "$out/model.pt" --attack pgd --eps 4 --steps 10 \
     --labels folder
 echo
