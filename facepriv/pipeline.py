@@ -106,8 +106,7 @@ def step_plan(settings: CloakSettings, resumable: bool) -> tuple[int, int]:
     steps, rounds = settings.steps, settings.verify_rounds
     if not resumable or rounds <= 0:
         return steps, 0
-    per_call = min(settings.check_every, steps) if settings.check_every > 0 else steps
-    per_call = max(per_call, 1)
+    per_call = max(min(settings.check_every if settings.check_every > 0 else steps, steps), 1)
     return per_call, max(steps * (rounds + 1) // per_call - 1, 0)
 
 

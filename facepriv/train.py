@@ -105,8 +105,7 @@ def split(crops, val_fraction: float, seed: int):
     return train, val
 
 
-def _augment(x: torch.Tensor, size: int, gen: torch.Generator, shift: float = 0.1,
-             scale: float = 0.15) -> torch.Tensor:
+def _augment(x: torch.Tensor, size: int, gen: torch.Generator, *, shift: float, scale: float) -> torch.Tensor:
     """Random crop of the loose crop (centre moved by up to +-`shift` of the crop side, side
     scaled by 1 +- `scale`, as re-detection moves a box, and more) + flip, batched with one
     affine grid."""
@@ -178,7 +177,11 @@ def train(data_dir: str, out: str, settings: TrainSettings, s3_endpoint: str | N
         for i in range(0, len(xt), settings.batch_size):
             idx = perm[i : i + settings.batch_size]
             xb = xt[idx].float().div(255)
-            xb = (_augment(xb, size, gen, settings.aug_shift, settings.aug_scale) if settings.augment else _centre(xb, size)).to(device)
+            if settings.augment:
+                xb = _augment(xb, size, gen, shift=settings.aug_shift, scale=settings.aug_scale)
+            else:
+                xb = _centre(xb, size)
+            xb = xb.to(device)
             yb = yt[idx].to(device)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
