@@ -12,7 +12,7 @@ pipeline (`facepriv uap apply ... --labels folder`, in-process). A v fitted on o
 cannot be expected to beat this on these faces.
 
 The chain a face goes through in the fit (per face, at the photo's own resolution):
-- v resized to the face's square crop box (`uap_apply.resize_to_box`) and added to the
+- v resized to the face's square crop box and added (`uap_apply.add_universal`) to the
   original pixels there, clamped, rounded to uint8 and round-tripped through the file's
   encoding (JPEG q95 for JPEG photos) on the face's region aligned to the 8x8 JPEG grid (the
   pipeline's region, so the round trip is the file's); straight-through gradients;
@@ -48,7 +48,7 @@ from facepriv.faces import Detection, FaceDetector  # noqa: E402
 from facepriv.models.checkpoint import load_checkpoint  # noqa: E402
 from facepriv.pipeline import CloakSettings, _match  # noqa: E402
 from facepriv.runner import run_in_process  # noqa: E402
-from facepriv.uap_apply import resize_to_box  # noqa: E402
+from facepriv.uap_apply import add_universal  # noqa: E402
 
 
 @dataclass
@@ -80,25 +80,20 @@ def judged_faces(photos: str, net, classes: list[str], detector: FaceDetector, m
             continue
         h, w = dec.rgb.shape[:2]
         i = geometry.nearest_to_centre(det.boxes, w, h)
-        rx0, ry0, rx1, ry1 = geometry.face_region(det.boxes[i], w, h, margin_)
-        rx0, ry0 = rx0 - rx0 % 8, ry0 - ry0 % 8
-        rx1, ry1 = min(w, rx1 + (-rx1) % 8), min(h, ry1 + (-ry1) % 8)
+        rx0, ry0, rx1, ry1 = geometry.jpeg_region(det.boxes[i], w, h, margin_)
         cx0, cy0, cx1, cy1 = geometry.int_box(geometry.square_box(det.boxes[i]), w, h)
         px = torch.from_numpy(dec.rgb[ry0:ry1, rx0:rx1].copy()).permute(2, 0, 1).float().div_(255)
         f = Face(key, dec, det.boxes[i], (rx0, ry0, rx1, ry1), px, (cx0 - rx0, cy0 - ry0, cx1 - rx0, cy1 - ry0),
                  cidx[ident], np.zeros(4, np.int64))
         with torch.no_grad():
-            if int(net(view(f, torch.zeros(3, net.input_size, net.input_size), None, 0, False)).argmax()) == f.label:
+            if int(net(geometry.crop_resize(px[None], [f.crop], net.input_size)).argmax()) == f.label:
                 out.append(f)
     return out
 
 
 def cloak_region(f: Face, v: torch.Tensor) -> torch.Tensor:
     """The face's region with v (resized to its crop box) added inside the crop box, clamped."""
-    x0, y0, x1, y1 = f.crop
-    z = f.pixels.clone()
-    z[:, y0:y1, x0:x1] = (f.pixels[:, y0:y1, x0:x1] + resize_to_box(v, y1 - y0, x1 - x0)).clamp(0, 1)
-    return z
+    return add_universal(f.pixels[None], [f.crop], v)[0]
 
 
 def view(f: Face, v: torch.Tensor, gen: torch.Generator | None, jitter: int, jpeg: bool) -> torch.Tensor:

@@ -41,6 +41,13 @@ def face_region(box: Sequence[float], width: int, height: int, margin: float = 0
     return int_box(square_box(box, 1.0 + 2 * margin), width, height)
 
 
+def jpeg_region(box: Sequence[float], width: int, height: int, margin: float = 0.25) -> tuple[int, int, int, int]:
+    """`face_region` grown out to the 8x8 JPEG block grid (clamped to the image), so a region's
+    JPEG round trip is the written file's within it."""
+    x0, y0, x1, y1 = face_region(box, width, height, margin)
+    return x0 - x0 % 8, y0 - y0 % 8, min(width, x1 + (-x1) % 8), min(height, y1 + (-y1) % 8)
+
+
 def search_windows(boxes: np.ndarray, width: int, height: int, margin: float = 0.5,
                    min_side: int = 0, full_above: float = 0.6) -> list[tuple[int, int, int, int]]:
     """Where to look for known faces again: each box grown by `margin` x its longer side on

@@ -293,10 +293,7 @@ class Cloaker:
         rgb = p.decoded.rgb
         h, w = rgb.shape[:2]
         box = p.det.boxes[i]
-        rx0, ry0, rx1, ry1 = geometry.face_region(box, w, h, self.settings.region_margin)
-        # align the region to the 8x8 JPEG grid, so a region's JPEG round trip is the file's
-        rx0, ry0 = rx0 - rx0 % 8, ry0 - ry0 % 8
-        rx1, ry1 = min(w, rx1 + (-rx1) % 8), min(h, ry1 + (-ry1) % 8)
+        rx0, ry0, rx1, ry1 = geometry.jpeg_region(box, w, h, self.settings.region_margin)
         cx0, cy0, cx1, cy1 = geometry.int_box(geometry.square_box(box if crop_box is None else crop_box), w, h)
         cx0, cy0 = min(max(cx0, rx0), rx1 - 1), min(max(cy0, ry0), ry1 - 1)
         cx1, cy1 = max(min(cx1, rx1), cx0 + 1), max(min(cy1, ry1), cy0 + 1)
