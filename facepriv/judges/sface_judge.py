@@ -113,6 +113,23 @@ def to_input(chips_rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(chips_rgb[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32)
 
 
+def align_chips(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+    """(H, W, 3) uint8 RGB + faces with 5 landmarks -> (n, 112, 112, 3) uint8 RGB chips on the
+    ArcFace template (least-squares similarity, antialiased bilinear sampling)."""
+    import torch
+
+    from ..align import align_faces
+
+    img = check_image(image)
+    if not faces:
+        return np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
+    lm = np.stack([np.asarray(f["landmarks"], np.float64).reshape(5, 2) for f in faces])
+    with torch.inference_mode():
+        t = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).float()  # 0-255 throughout
+        x = align_faces(t, lm, INPUT_SIZE, TEMPLATE)
+    return x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 class SFaceJudge:
     """`embed(rgb uint8 (H,W,3), faces) -> (n, 128) float32` (not normalised; the metric is cosine)."""
 
@@ -132,18 +149,7 @@ class SFaceJudge:
 
     def chips(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """The aligned 112x112 RGB uint8 chips SFace embeds (n, 112, 112, 3)."""
-        import torch
-
-        from ..align import align_faces
-
-        img = check_image(image)
-        if not faces:
-            return np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
-        lm = np.stack([np.asarray(f["landmarks"], np.float64).reshape(5, 2) for f in faces])
-        with torch.inference_mode():
-            t = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).float()  # 0-255
-            x = align_faces(t, lm, INPUT_SIZE, TEMPLATE)
-        return x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return align_chips(image, faces)
 
     def embed(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         chips = self.chips(image, faces)
