@@ -276,9 +276,10 @@ def print_runs(report: dict[str, Any], file=None) -> None:
     file = file or sys.stdout
     judge_names = report.get("judges", [])
     transforms = report.get("transforms", [])
+    ident = "identification = rank-1 in the gallery" if report.get("gallery") else "no identification (no gallery)"
     for n, js in (report.get("judge_settings") or {}).items():
-        print(f"judge {n}: {js['metric']} distance, threshold {js['threshold']:g}; identification = rank-1 in the "
-              f"gallery; verification against the {js['verify_against']}", file=file)
+        print(f"judge {n}: {js['metric']} distance, threshold {js['threshold']:g}; {ident}; "
+              f"verification against the {js['verify_against']}", file=file)
     head = ["run", "attack", "eps", "faces", "judged", "fooling", "PSNR", "SSIM"]
     for n in judge_names:
         head += [f"{n} clean acc", f"{n} protect", f"{n} verify protect"]

@@ -212,10 +212,11 @@ def judge_panels(report: dict[str, Any]) -> list[str]:
                              "clean_accuracy": j.get("clean_accuracy"), "protection_rate": j.get("protection_rate"),
                              "v_faces": v.get("faces"), "v_judged": v.get("judged"), "v_protected": v.get("protected"),
                              "v_protection_rate": v.get("protection_rate")})
-        out.append(table(rows, [("run", "run"), ("transform", "transform"), ("faces", "identification faces"),
-                                ("clean_accuracy", "clean accuracy"), ("protection_rate", "identification protection rate"),
-                                ("v_faces", "verification faces"), ("v_judged", "judged"), ("v_protected", "protected"),
-                                ("v_protection_rate", "verification protection rate")], left=("run", "transform")))
+        cols = [("run", "run"), ("transform", "transform"), ("faces", "identification faces"),
+                ("clean_accuracy", "clean accuracy"), ("protection_rate", "identification protection rate"),
+                ("v_faces", "verification faces"), ("v_judged", "judged"), ("v_protected", "protected"),
+                ("v_protection_rate", "verification protection rate")]
+        out.append(table(rows, cols, left=("run", "transform")))
     return out
 
 
