@@ -1,11 +1,11 @@
 """Judges: face recognisers that verify cloaks and never craft them.
 
-    judge = get_judge("dlib")                      # dlib ResNet, euclidean, 0.6
+    judge = get_judge("dlib")                      # dlib ResNet, euclidean, 0.6 ("sface": SFace ONNX, cosine)
     gallery = Gallery.from_folder("train/", judge, select=lambda files: files[:10])
     emb = judge.embed(rgb, faces)                  # faces: [{"box", "landmarks"}, ...]
     evasion(gallery, [(identity, clean_emb, cloaked_emb), ...])
 
-Registry: `get_judge(spec)` where spec is a registered name ("dlib") or "PREFIX:ARG" with a
+Registry: `get_judge(spec)` where spec is a registered name ("dlib", "sface") or "PREFIX:ARG" with a
 registered prefix ("tfjs:model.pt" / "embedder:model.pt" -> an imported embedding checkpoint
 judging through `facepriv.align`; "embedder:mobilefacenet" -> an installed surrogate). Add others with `register_judge(name, factory)`; a factory
 takes the part after the colon (or None) plus keyword options and returns a `Judge`.
@@ -31,6 +31,7 @@ from .base import (
     poisoning,
     recognised,
 )
+from .verification import AGAINST, self_verification, verification
 
 JudgeFactory = Callable[..., Judge]
 JUDGES: dict[str, JudgeFactory] = {}
@@ -56,7 +57,14 @@ def _embedder(arg: str | None = None, **options: Any) -> Judge:
     return EmbedderJudge(store.resolve(arg), **options)  # an installed name or a checkpoint path
 
 
+def _sface(arg: str | None = None, **options: Any) -> Judge:
+    from .sface_judge import SFaceJudge
+
+    return SFaceJudge(model=arg or options.pop("model", None), **options)  # "sface:PATH.onnx" overrides the file
+
+
 register_judge("dlib", _dlib)
+register_judge("sface", _sface)
 register_judge("tfjs", _embedder)
 register_judge("embedder", _embedder)
 
@@ -72,4 +80,5 @@ def get_judge(spec: str, **options: Any) -> Judge:
 __all__ = [
     "Face", "Gallery", "JUDGES", "Judge", "central_face", "embed_central", "evasion", "faces_from_detection",
     "get_judge", "identify", "identify_many", "pairwise_distances", "poisoning", "recognised", "register_judge",
+    "AGAINST", "self_verification", "verification",
 ]

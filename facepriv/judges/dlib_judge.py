@@ -39,6 +39,10 @@ class DlibJudge:
 
     name = "dlib"
     metric = "euclidean"
+    # dlib's published 0.6. `python benchmarks/calibrate_judge.py dlib ../shared/data/lfw50` (central
+    # faces of the 750 photos; all 5250 same-identity pairs vs 5250 sampled different ones, seed 0):
+    # best accuracy at 0.611 (0.9885, FAR 0.0091, FRR 0.0139); at 0.6: 0.9868, FAR 0.0057, FRR 0.0208;
+    # rank-1 identification (gallery: first 10 per identity, probes: last 5) 0.996. Kept at 0.6.
     threshold = 0.6
     chip_size = 150
     padding = 0.25

@@ -216,12 +216,25 @@ def run_record(run_id: str, rows: Sequence[Row], judges: dict[str, dict[str, Any
     return rec
 
 
+VERIFICATION_KEEP = ("against", "faces", "judged", "protected", "protection_rate", "clean_missing",
+                     "cloaked_missing", "not_in_gallery", "threshold", "metric")
+
+
 def judge_summary(res: dict[str, Any]) -> dict[str, Any]:
-    """The machine-readable part of a judges.evasion / judges.poisoning result."""
+    """The machine-readable part of a judges.evasion / judges.poisoning result (identification,
+    flat as before) plus its `verification` (`judges.verification`) under that key."""
     keep = ("mode", "clean_accuracy", "protection_rate", "faces", "clean_correct", "protected",
             "cloaked_accuracy", "protection_rate_all", "cloaked_missing", "clean_missing", "not_in_gallery",
             "threshold", "metric", "crafting", "role", "embedding_shift")
-    return {k: res[k] for k in keep if k in res}
+    out = {k: res[k] for k in keep if k in res}
+    if isinstance(res.get("verification"), dict):
+        out["verification"] = {k: res["verification"][k] for k in VERIFICATION_KEEP if k in res["verification"]}
+    return out
+
+
+def verification_rate(judge: dict[str, Any] | None) -> float | None:
+    """A judge summary's verification protection rate (None when absent)."""
+    return ((judge or {}).get("verification") or {}).get("protection_rate")
 
 
 def eps_curves(runs: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
@@ -241,15 +254,20 @@ def eps_curves(runs: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, fl
 
 
 def robustness_table(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Flat rows: run, transform, surrogate fooling rate, each judge's protection rate."""
+    """Flat rows: run, transform, surrogate fooling rate, each judge's identification and
+    verification protection rates."""
     out = []
     for r in runs:
         base = {"run_id": r["run_id"], "attack": r.get("attack"), "eps": r.get("eps")}
         out.append({**base, "transform": "none", "fooling_rate": r.get("fooling_rate"),
-                    **{f"{n}_protection_rate": j.get("protection_rate") for n, j in r.get("judges", {}).items()}})
+                    **{f"{n}_protection_rate": j.get("protection_rate") for n, j in r.get("judges", {}).items()},
+                    **{f"{n}_verification_protection_rate": verification_rate(j)
+                       for n, j in r.get("judges", {}).items()}})
         for t, v in r.get("robustness", {}).items():
             out.append({**base, "transform": t, "fooling_rate": v.get("fooling_rate"),
-                        **{f"{n}_protection_rate": j.get("protection_rate") for n, j in v.get("judges", {}).items()}})
+                        **{f"{n}_protection_rate": j.get("protection_rate") for n, j in v.get("judges", {}).items()},
+                        **{f"{n}_verification_protection_rate": verification_rate(j)
+                           for n, j in v.get("judges", {}).items()}})
     return out
 
 

@@ -29,7 +29,7 @@ REPORT_DIR = f"{META_DIR}/report"
 
 @dataclass
 class ReportSettings:
-    judges: list[str] = field(default_factory=list)  # judge specs: "dlib", "tfjs:model.pt"
+    judges: list[str] = field(default_factory=list)  # judge specs: "dlib", "sface", "tfjs:model.pt" (or "dlib,sface")
     judge_installed: bool = False  # also judge with every installed surrogate (leave-one-out columns)
     gallery: str | None = None  # DIR/<identity>/<photos>: evasion enrolment / poisoning probes
     gallery_per_identity: int | None = None  # use the first N photos per identity (sorted)
@@ -45,6 +45,9 @@ class ReportSettings:
     retries: int = 5
     device: str = "cpu"
     progress: bool = True
+    # verification reference: "gallery" (clean photos of the probe's identity), "original" (each face's
+    # own clean face in SRC; no gallery or labels needed) or None (gallery when there is one)
+    verify_against: str | None = None
 
 
 @dataclass
@@ -90,6 +93,17 @@ def make_judges(specs: Sequence[str]):
     return [get_judge(s) for s in specs]
 
 
+def split_specs(values: Sequence[str]) -> list[str]:
+    """["dlib,sface", "tfjs:m.pt"] -> ["dlib", "sface", "tfjs:m.pt"] (repeats dropped, order kept)."""
+    return list(dict.fromkeys(p.strip() for v in values for p in str(v).split(",") if p.strip()))
+
+
+def judge_settings(judges: Sequence[Any], against: Callable[[Any], str]) -> dict[str, dict[str, Any]]:
+    """{name: {metric, threshold, verify_against}} for report.json and the page."""
+    return {j.name: {"metric": j.metric, "threshold": float(j.threshold), "verify_against": against(j)}
+            for j in judges}
+
+
 def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], None] = print,
                  evaluator: Any = None) -> dict[str, Any]:
     """Build and write the report; returns report.json's content.
@@ -99,20 +113,29 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
     """
     if s.mode not in ("evasion", "poisoning"):
         raise UsageError(f"--mode must be evasion or poisoning, got {s.mode!r}")
-    specs = list(s.judges) + (loo.installed_judge_specs(s.judges) if s.judge_installed else [])
-    if specs and not s.gallery:
-        raise UsageError("--judge needs --gallery DIR (one sub-folder of clean photos per identity)")
+    from ..judges import AGAINST
+
+    if s.verify_against is not None and s.verify_against not in AGAINST:
+        raise UsageError(f"--verify-against must be one of {', '.join(AGAINST)}, got {s.verify_against!r}")
+    own = split_specs(s.judges)
+    specs = own + (loo.installed_judge_specs(own) if s.judge_installed else [])
+    if specs and not s.gallery and (s.mode == "poisoning" or s.verify_against == "gallery"):
+        what = "poisoning mode" if s.mode == "poisoning" else "--verify-against gallery"
+        raise UsageError(f"{what} needs --gallery DIR (one sub-folder of clean photos per identity)")
     archives = [open_archive(d, s) for d in dsts]
     runs = [r for a, d in zip(archives, dsts) for r in find_runs(a, d, s.run_ids)]
     if not runs:
         raise UsageError(f"no runs with a manifest under {', '.join(d + '/_facepriv/runs/' for d in dsts)}")
     log(f"report over {len(runs)} run(s): {', '.join(r.run_id for r in runs)}")
     notes: list[str] = []
-    if s.judge_installed and len(specs) == len(s.judges):
+    if s.judge_installed and len(specs) == len(own):
         notes.append("--judge-installed: no other surrogate installed (see `facepriv models list`)")
     judges = evaluator.judges if evaluator is not None else make_judges(specs)
     galleries = {}
-    if judges and evaluator is None:
+    if judges and not s.gallery:
+        notes.append("no --gallery: identification is not measured; verification compares each cloaked face "
+                     "(every face of every photo, re-detected in the written file) with the same face in SRC")
+    if judges and evaluator is None and s.gallery:
         from ..judges import Gallery
 
         sel = (lambda f: f[: s.gallery_per_identity]) if s.gallery_per_identity else None
@@ -127,7 +150,7 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
     from .evaluate import Evaluator
 
     ev = evaluator or Evaluator(judges, galleries, s.mode, s.transforms if s.robustness else [], s.labels, s.device,
-                                s.progress)
+                                s.progress, verify_against=s.verify_against)
     records, details, face_tables, panel_list = [], [], [], []
     for run in runs:
         src_url = s.src or run.src_url
@@ -156,6 +179,7 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
     report = {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dsts": list(dsts), "mode": s.mode, "judges": [j.name for j in judges], "gallery": s.gallery,
+        "judge_settings": judge_settings(judges, ev.against),
         "labels": s.labels, "transforms": list(dict.fromkeys(t for r in records for t in r["robustness"])),
         "runs": records, "details": details, "eps_curves": {k: [list(p) for p in v] for k, v in curves.items()},
         "robustness_table": agg.robustness_table(records), "leave_one_out": loo.table(records), "notes": notes,
@@ -195,8 +219,17 @@ def make_panels(run: Run, src: Archive | None, sample: Sequence[dict], by_key: d
         for n in judge_names:
             if f"{n}_clean_pred" in jf:
                 d = jf.get(f"{n}_cloaked_distance")
+                vd, vp = jf.get(f"{n}_verify_distance"), jf.get(f"{n}_verify_protected")
+                verify = ("" if vp is None and vd is None else
+                          f"; verification: {'protected' if vp else 'matched' if vp is not None else 'not judged'}"
+                          + ("" if vd is None else f" (distance {max(vd, 0.0):.2f})"))
+                if jf.get(f"{n}_clean_pred") is None and jf.get(f"{n}_protected") is None and vp is not None:
+                    # no identification (no gallery): the verification verdict alone
+                    preds[n] = ("clean", "cloaked", vp, "" if vd is None else f" (distance {max(vd, 0.0):.2f})",
+                                " (verification against the clean original)")
+                    continue
                 preds[n] = (jf.get(f"{n}_clean_pred"), jf.get(f"{n}_cloaked_pred") or "no face",
-                            jf.get(f"{n}_protected"), "" if d is None else f" (distance {d:.2f})")
+                            jf.get(f"{n}_protected"), "" if d is None else f" (distance {d:.2f})", verify)
         out.append({"run": f"{r.get('attack')} eps {agg._num(r.get('eps'))}", "run_id": run.run_id,
                     "key": r["source_key"], "label": f.get("label"), "gain": gain, "preds": preds,
                     "image": pan.b64(pan.png(strip))})
@@ -243,22 +276,27 @@ def print_runs(report: dict[str, Any], file=None) -> None:
     file = file or sys.stdout
     judge_names = report.get("judges", [])
     transforms = report.get("transforms", [])
+    ident = "identification = rank-1 in the gallery" if report.get("gallery") else "no identification (no gallery)"
+    for n, js in (report.get("judge_settings") or {}).items():
+        print(f"judge {n}: {js['metric']} distance, threshold {js['threshold']:g}; {ident}; "
+              f"verification against the {js['verify_against']}", file=file)
     head = ["run", "attack", "eps", "faces", "judged", "fooling", "PSNR", "SSIM"]
     for n in judge_names:
-        head += [f"{n} clean acc", f"{n} protect"]
+        head += [f"{n} clean acc", f"{n} protect", f"{n} verify protect"]
     for t in transforms:
-        head += [f"{t} fool"] + [f"{t} {n} protect" for n in judge_names]
+        head += [f"{t} fool"] + [c for n in judge_names for c in (f"{t} {n} protect", f"{t} {n} verify protect")]
     lines = [" | ".join(head)]
     for r in report["runs"]:
         cells = [r["run_id"], str(r["attack"]), str(r["eps"]), str(r["faces"]), str(r["faces_judged"]),
                  _p(r["fooling_rate"]), _f(r["psnr_mean"], 2), _f(r["ssim_mean"], 4)]
         for n in judge_names:
             j = r["judges"].get(n, {})
-            cells += [_p(j.get("clean_accuracy")), _p(j.get("protection_rate"))]
+            cells += [_p(j.get("clean_accuracy")), _p(j.get("protection_rate")), _p(agg.verification_rate(j))]
         for t in transforms:
             v = r["robustness"].get(t, {})
-            cells += [_p(v.get("fooling_rate"))] + [_p(v.get("judges", {}).get(n, {}).get("protection_rate"))
-                                                   for n in judge_names]
+            cells += [_p(v.get("fooling_rate"))] + [
+                c for n in judge_names for c in (_p(v.get("judges", {}).get(n, {}).get("protection_rate")),
+                                                  _p(agg.verification_rate(v.get("judges", {}).get(n))))]
         lines.append(" | ".join(cells))
     print("\n".join(lines), file=file)
     rows = report.get("leave_one_out") or []

