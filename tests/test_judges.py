@@ -354,3 +354,20 @@ def test_imported_tfjs_model_judges_fixture_faces(tmp_path, lfw_faces):
     assert max(same) < min(diff), (same, diff)
     g = Gallery.for_judge(judge, {i: embs[i][:1] for i in embs})
     assert evasion(g, [(i, embs[i][1], embs[i][1]) for i in embs])["clean_accuracy"] == 1.0
+
+
+def test_gallery_from_folder_follows_symlinks(tmp_path):
+    """A gallery of symlinked folders and photos enrols them (local fsspec lists links as "other")."""
+    from PIL import Image
+
+    real = tmp_path / "real"
+    (real / "red").mkdir(parents=True)
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(real / "red" / "0.png")
+    g_root = tmp_path / "gallery"
+    (g_root / "blue").mkdir(parents=True)
+    Image.new("RGB", (40, 40), (10, 10, 200)).save(real / "b.png")
+    (g_root / "blue" / "0.png").symlink_to(real / "b.png")  # a file link
+    (g_root / "red").symlink_to(real / "red", target_is_directory=True)  # a folder link
+    g = Gallery.from_folder(str(g_root), FakeJudge(), detector=CentreDetector())
+    assert g.identities == ["blue", "red"]
+    assert len(g.embeddings["blue"]) == 1 and len(g.embeddings["red"]) == 1

@@ -190,8 +190,13 @@ class Gallery:
 
             detector = FaceDetector()
         gallery = cls.for_judge(judge)
+        def kind(e: dict) -> str:  # a local symlink is listed as "other": follow it
+            if e["type"] == "other":
+                return "directory" if fs.isdir(e["name"]) else "file" if fs.isfile(e["name"]) else "other"
+            return e["type"]
+
         for entry in sorted(fs.ls(base, detail=True), key=lambda e: e["name"]):
-            if entry["type"] != "directory":
+            if kind(entry) != "directory":
                 continue
             identity = posixpath.basename(entry["name"].rstrip("/"))
             if identity.startswith((".", "_")):
@@ -199,7 +204,7 @@ class Gallery:
             files = sorted(
                 posixpath.basename(e["name"])
                 for e in fs.ls(entry["name"], detail=True)
-                if e["type"] == "file" and e["name"].lower().endswith(IMAGE_EXTS)
+                if kind(e) == "file" and e["name"].lower().endswith(IMAGE_EXTS)
             )
             if select is not None:
                 files = list(select(files))
