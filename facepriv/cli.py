@@ -113,7 +113,7 @@ def add_cloak_options(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from .pipeline import CloakSettings
+    from .pipeline import EMBED_FIELDS, CloakSettings
 
     apply_preset(args)  # --preset, then the defaults, for every option the user left unset
     if getattr(args, "attack", None) == "uap":
@@ -126,9 +126,7 @@ def settings_from_args(args: argparse.Namespace):
         keep_metadata=args.keep_metadata, min_face_size=args.min_face_size, thresholds=tuple(args.thresholds),
         min_prob=args.min_prob, max_pixels=args.max_pixels, face_batch=args.face_batch,
         judge=not args.no_judge, redetect=args.redetect, device=args.device, extra=getattr(args, "extra", None) or {},
-        surrogate=args.surrogate, embed_loss=args.embed_loss, momentum=args.momentum,
-        input_diversity=args.input_diversity, ti_sigma=args.ti_sigma, min_psnr=args.min_psnr, min_ssim=args.min_ssim,
-        texture_mask=args.texture_mask,
+        **{k: getattr(args, k) for k in EMBED_FIELDS},
     )
 
 

@@ -32,7 +32,7 @@ PREFERRED: dict[str, tuple[str, ...]] = {"protect": ("mobilefacenet",)}
 # Options whose CLI default is None (so a preset can tell what the user set); without a
 # preset they take CloakSettings' own defaults.
 PRESETTABLE = ("attack", "eps", "steps", "surrogate", "embed_loss", "momentum", "input_diversity", "ti_sigma",
-               "min_psnr", "min_ssim", "texture_mask")
+               "min_psnr", "min_ssim", "texture_mask", "face_psnr", "quality_target", "quality_weight")
 
 
 def defaults() -> dict:
@@ -70,6 +70,18 @@ def add_embed_options(a: argparse._ArgumentGroup) -> None:
                    help="embed-pgd: per-pixel eps shaped like SSIM's tolerance - full eps where the local contrast "
                         "(std of luma in an 11-px Gaussian window, 0-255) reaches T, less in flat skin and sky "
                         "(about 0.4 eps where flat for T=15); 0 = uniform eps (default 0)")
+    a.add_argument("--face-psnr", type=float, default=None, metavar="DB",
+                   help="embed-pgd: an L2 ball on each face - the change on the face region (detection box + 10%% a "
+                        "side) keeps at least this PSNR (RMS change <= 255 / 10^(DB/20)) and the steps follow the "
+                        "L2-normalised gradient, so the change goes where it buys most; --eps still caps each pixel "
+                        "(default off: plain L-inf sign steps)")
+    a.add_argument("--quality-target", type=float, default=None, metavar="S",
+                   help="embed-pgd: a face-quality term in the attack's loss - where a face region's SSIMULACRA2 "
+                        "(what the file will hold vs the original; 90 visually lossless, 70 high, 50 medium) is "
+                        "below S, the attack trades embedding shift for quality (default off)")
+    a.add_argument("--quality-weight", type=float, default=None, metavar="W",
+                   help="embed-pgd: weight of that term: W x (S - score) / 100 per face against the cosine "
+                        "loss (default 1)")
     a.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="protect: the best label-free configuration measured against an unseen recogniser (dlib) - "
                         "embed-pgd on the installed surrogates (`facepriv models install`; mobilefacenet when installed, "

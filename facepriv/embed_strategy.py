@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from . import geometry
-from .attacks.embed_pgd import JitteredAlign, embed_pgd, texture_map
+from .attacks.embed_pgd import JitteredAlign, QualityTerm, embed_pgd, texture_map
 from .errors import FacePrivError
 from .metrics import psnr, ssim
 from .strategies import FaceItem, WrittenModel, register
@@ -119,34 +119,31 @@ class EmbedPGDStrategy:
                       for c in clean]
         t = float(getattr(s, "texture_mask", 0.0) or 0.0)
         emap = texture_map(x, t) if t > 0 else None
-        quality = face_mask = None
-        if s.extra.get("x_q_target") is not None or s.extra.get("x_face_rms") is not None:
-            from .attacks.embed_pgd import QualityTerm
-
-            qb = []
-            for it in chunk:
-                bx0, by0, bx1, by1 = it.box[:4]
-                mw, mh = 0.1 * (bx1 - bx0), 0.1 * (by1 - by0)
-                h, w = it.pixels.shape[1:]
-                qb.append((max(int(bx0 - mw), 0), max(int(by0 - mh), 0), min(int(np.ceil(bx1 + mw)), w),
-                           min(int(np.ceil(by1 + mh)), h)))
-            if s.extra.get("x_q_target") is not None:
-                quality = QualityTerm(qb, s.extra["x_q_target"], s.extra.get("x_q_weight", 1.0),
-                                      bool(s.extra.get("x_q_scaled", False)))
-            face_mask = torch.zeros_like(x[:, :1])
-            for i, (qx0, qy0, qx1, qy1) in enumerate(qb):
-                face_mask[i, :, qy0:qy1, qx0:qx1] = 1
+        quality, face_mask = self._face_terms(chunk, x)
         adv, used = embed_pgd(models, x, eps=s.eps, steps=s.steps, alpha=s.alpha, loss=loss, clean=clean,
                               decoys=decoys, momentum=getattr(s, "momentum", 0.0),
                               ti_sigma=getattr(s, "ti_sigma", 0.0), pre=pre, eps_map=emap,
-                              smooth_sigma=float(s.extra.get("x_smooth", 0.0)),
                               ens_norm=bool(s.extra.get("x_ens_norm", False)), quality=quality,
-                              face_rms=s.extra.get("x_face_rms"), face_mask=face_mask)
+                              face_rms=None if s.face_psnr is None else 255.0 / 10 ** (s.face_psnr / 20),
+                              face_mask=face_mask)
         min_psnr, min_ssim = getattr(s, "min_psnr", None), getattr(s, "min_ssim", None)
         self.last_scales = [1.0] * len(chunk)
         if min_psnr is not None or min_ssim is not None:
             adv = self._fit_budget(chunk, x, adv, sizes, pre, min_psnr, min_ssim)
         return adv, used.tolist()
+
+    def _face_terms(self, chunk, x):
+        """The quality term (--quality-target) and the face masks of the L2 ball (--face-psnr):
+        both on each face's quality box (`geometry.quality_box`) in region pixels."""
+        s = self.s
+        if s.quality_target is None and s.face_psnr is None:
+            return None, None
+        boxes = [geometry.quality_box(it.box, it.pixels.shape[2], it.pixels.shape[1]) for it in chunk]
+        quality = QualityTerm(boxes, s.quality_target, s.quality_weight) if s.quality_target is not None else None
+        mask = torch.zeros_like(x[:, :1])
+        for i, (x0, y0, x1, y1) in enumerate(boxes):
+            mask[i, :, y0:y1, x0:x1] = 1
+        return quality, mask
 
     def _fit_budget(self, chunk, x, adv, sizes, pre, min_psnr, min_ssim) -> torch.Tensor:
         """Scale each photo's perturbation (one factor for all its faces in the chunk) to the

@@ -41,6 +41,19 @@ def face_region(box: Sequence[float], width: int, height: int, margin: float = 0
     return int_box(square_box(box, 1.0 + 2 * margin), width, height)
 
 
+QUALITY_MARGIN = 0.1  # the face region quality is measured on: the detection box grown by 10% a side
+
+
+def quality_box(box: Sequence[float], width: int, height: int,
+                margin: float = QUALITY_MARGIN) -> tuple[int, int, int, int]:
+    """The face as a viewer sees it, where face quality (PSNR, SSIM, SSIMULACRA2) is measured and
+    budgeted: the detection box grown by `margin` of its width/height on each side, clipped."""
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    mw, mh = margin * (x1 - x0), margin * (y1 - y0)
+    return (max(int(np.floor(x0 - mw)), 0), max(int(np.floor(y0 - mh)), 0),
+            min(int(np.ceil(x1 + mw)), width), min(int(np.ceil(y1 + mh)), height))
+
+
 def jpeg_region(box: Sequence[float], width: int, height: int, margin: float = 0.25) -> tuple[int, int, int, int]:
     """`face_region` grown out to the 8x8 JPEG block grid (clamped to the image), so a region's
     JPEG round trip is the written file's within it."""

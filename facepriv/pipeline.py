@@ -35,7 +35,7 @@ from .strategies import REGISTRY, FaceItem, make as make_strategy
 
 
 EMBED_FIELDS = ("surrogate", "embed_loss", "momentum", "input_diversity", "ti_sigma", "min_psnr", "min_ssim",
-                "texture_mask")
+                "texture_mask", "face_psnr", "quality_target", "quality_weight")
 
 
 @dataclass
@@ -75,6 +75,9 @@ class CloakSettings:
     min_psnr: float | None = None  # quality budget per written photo (dB)
     min_ssim: float | None = None
     texture_mask: float = 0.0  # > 0: per-pixel eps shaped like SSIM's tolerance, full eps at this local std
+    face_psnr: float | None = None  # an L2 ball on each face's quality box: the change keeps this PSNR (dB)
+    quality_target: float | None = None  # SSIMULACRA2 term in the loss: penalise a face region below this
+    quality_weight: float = 1.0  # its weight against the embedding loss
 
     def output_fields(self, model_sha: str | None) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -84,7 +84,7 @@ def embed_pgd(models: Sequence[Model], x: torch.Tensor, eps: float = 8.0, steps:
               clean: Sequence[torch.Tensor] | None = None, decoys: Sequence[torch.Tensor] | None = None,
               momentum: float = 0.0, ti_sigma: float = 0.0, pre: Model | None = None,
               x_init: torch.Tensor | None = None,
-              eps_map: torch.Tensor | None = None, smooth_sigma: float = 0.0,
+              eps_map: torch.Tensor | None = None,
               ens_norm: bool = False, quality: "QualityTerm | None" = None,
               face_rms: float | None = None, face_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PGD in L-inf against embedding models. Returns (x_adv, steps used per face).
@@ -110,8 +110,6 @@ def embed_pgd(models: Sequence[Model], x: torch.Tensor, eps: float = 8.0, steps:
     a = (alpha if alpha is not None else max(2.0 * eps / max(steps, 1), 0.25)) / 255.0
     if eps_map is not None:
         e, a = e * eps_map.to(x), a * eps_map.to(x)
-    if smooth_sigma > 0:
-        return _smooth_pgd(models, x, e, a, steps, clean, dec, momentum, pre, x_init, smooth_sigma, ens_norm)
     xa = x.clone() if x_init is None else torch.min(torch.max(x_init.detach(), x - e), x + e).clamp(0, 1)
     g = torch.zeros_like(x)
     if face_rms is not None:  # an L2 ball on each face's quality box: RMS change <= face_rms (0-255)
@@ -129,8 +127,6 @@ def embed_pgd(models: Sequence[Model], x: torch.Tensor, eps: float = 8.0, steps:
             g = grad
         if face_rms is not None:
             step = xa - a2[:, None, None, None] * g / g.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
-        elif quality is not None and quality.scaled:
-            step = xa - a * g / g.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
         else:
             step = xa - a * g.sign()  # descend: the loss is a similarity to the clean face
         xa = torch.min(torch.max(step, x - e), x + e).clamp(0, 1).detach()
@@ -159,41 +155,16 @@ def _gradient(models, xin, var, clean, dec, ens_norm=False, extra=None):
     return g + (grads[-1] if extra is not None else 0)
 
 
-def _smooth_pgd(models, x, e, a, steps, clean, dec, momentum, pre, x_init, sigma, ens_norm=False):
-    """PGD on a latent z with the change delta = G_sigma * z (a Gaussian-blurred latent):
-    |z| <= eps implies |delta| <= eps (the blur averages), and delta has no detail finer than
-    sigma - the eye and SSIMULACRA2 see structure, not amplitude. `ens_norm`: each surrogate's
-    gradient is normalised (mean |g| per face) before the ensemble averages them, so no
-    surrogate dominates the sign."""
-    z = torch.zeros_like(x) if x_init is None else (x_init.detach() - x)
-    g = torch.zeros_like(x)
-    for _ in range(steps):
-        zi = z.clone().requires_grad_(True)
-        xi = (x + smooth(zi, sigma)).clamp(0, 1)
-        xin = xi if pre is None else pre(xi)
-        grad = _gradient(models, xin, zi, clean, dec, ens_norm)
-        if momentum > 0:
-            grad = grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
-            g = momentum * g + grad
-        else:
-            g = grad
-        z = torch.max(torch.min(z - a * g.sign(), e), -e).detach() if torch.is_tensor(e) else \
-            (z - a * g.sign()).clamp(-e, e).detach()
-    xa = (x + smooth(z, sigma)).clamp(0, 1)
-    return xa, torch.full((len(x),), steps, dtype=torch.long, device=x.device)
-
-
 class QualityTerm:
     """A perceptual term in the attack's loss: for each face, weight * max(0, target - S) / 100,
     S the differentiable SSIMULACRA2 (`facepriv.attacks.perceptual`) of its quality box
     (`boxes[i]` = (x0, y0, x1, y1) in region pixels) in what the file will hold against the
     original. Below the target the attack trades embedding shift for quality on the face.
-    `scaled`: steps follow the gradient scaled to alpha at its largest pixel instead of its
-    sign, so pixels with little to gain barely move."""
+    """
 
-    def __init__(self, boxes, target: float, weight: float = 1.0, scaled: bool = False):
+    def __init__(self, boxes, target: float, weight: float = 1.0):
         self.boxes = [tuple(int(v) for v in b) for b in boxes]
-        self.target, self.weight, self.scaled = float(target), float(weight), bool(scaled)
+        self.target, self.weight = float(target), float(weight)
         self.last: torch.Tensor | None = None
 
     def penalty(self, x: torch.Tensor, xin: torch.Tensor) -> torch.Tensor:

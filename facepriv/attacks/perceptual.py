@@ -87,7 +87,8 @@ def _blur(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 def _norms(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(L1 mean, L4 norm) per image and channel: (B,3) each."""
     l1 = d.mean((2, 3))
-    l4 = (d**4).mean((2, 3)).clamp_min(1e-30).pow(0.25)
+    m4 = (d**4).mean((2, 3))
+    l4 = torch.where(m4 > 0, m4.clamp_min(1e-300).pow(0.25), torch.zeros_like(m4))  # 0 (and its gradient) at 0
     return l1, l4
 
 

@@ -1,0 +1,97 @@
+"""The differentiable SSIMULACRA2 (facepriv.attacks.perceptual) against the PyPI reference, and
+the two face-quality shapes of embed-pgd: the quality term in the loss and the L2 ball on the face."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from facepriv.attacks.embed_pgd import QualityTerm, embed_pgd
+from facepriv.attacks.perceptual import ssimulacra2
+from facepriv.geometry import quality_box
+
+from test_embed_pgd import _models, _regions
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "lfw")
+
+
+def _reference(a: np.ndarray, b: np.ndarray) -> float:
+    """The PyPI ssimulacra2 package's score (it reads files)."""
+    import tempfile
+
+    from ssimulacra2 import compute_ssimulacra2
+
+    with tempfile.TemporaryDirectory() as d:
+        Image.fromarray(a).save(f"{d}/a.png")
+        Image.fromarray(b).save(f"{d}/b.png")
+        return float(compute_ssimulacra2(f"{d}/a.png", f"{d}/b.png"))
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float() / 255
+
+
+def _face(h=123, w=150) -> np.ndarray:
+    import glob
+
+    path = sorted(glob.glob(f"{FIXTURE}/**/*.jpg", recursive=True))[0]
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    return np.ascontiguousarray(rgb[60 : 60 + h, 50 : 50 + w])
+
+
+@pytest.mark.parametrize("shape", [(130, 150), (123, 97), (40, 33)])
+def test_matches_the_reference(shape):
+    o = _face(*shape)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(o.astype(int) + rng.choice([-4, 4], o.shape), 0, 255).astype(np.uint8)
+    bright = np.clip(o.astype(int) + 6, 0, 255).astype(np.uint8)
+    for d in (noisy, bright):
+        assert abs(float(ssimulacra2(_t(o), _t(d))) - _reference(o, d)) < 1e-3
+    assert float(ssimulacra2(_t(o), _t(o))) == pytest.approx(100.0)
+
+
+def test_more_noise_scores_lower_and_gradient_flows():
+    o = _t(_face())
+    g = torch.Generator().manual_seed(0)
+    n = torch.randn(o.shape, generator=g)
+    s4, s8 = (float(ssimulacra2(o, (o + k / 255 * n).clamp(0, 1))) for k in (4, 8))
+    assert 100 > s4 > s8
+    d = (o + 4 / 255 * n).clamp(0, 1).requires_grad_(True)
+    ssimulacra2(o, d).sum().backward()
+    assert torch.isfinite(d.grad).all() and d.grad.abs().sum() > 0
+
+
+def test_quality_term_raises_the_face_score():
+    x, lm = _regions(n=3, size=48)
+    models = _models(lm)
+    boxes = [(6, 6, 42, 42)] * 3
+    plain, _ = embed_pgd(models, x, eps=12, steps=10)
+    q = QualityTerm(boxes, target=90, weight=20)
+    kind, _ = embed_pgd(models, x, eps=12, steps=10, quality=q)
+    crop = (slice(None), slice(None), slice(6, 42), slice(6, 42))
+    before, after = ssimulacra2(x[crop], plain[crop]), ssimulacra2(x[crop], kind[crop])
+    assert (before < 90).all()  # the plain attack is visible on every face
+    assert (after > before + 5).all()
+    assert q.last is not None and q.last.shape == (3,)
+
+
+def test_face_psnr_ball_holds_and_eps_still_caps():
+    x, lm = _regions(n=3, size=48)
+    models = _models(lm)
+    mask = torch.zeros_like(x[:, :1])
+    mask[:, :, 6:42, 6:42] = 1
+    rms = 255.0 / 10 ** (38 / 20)
+    adv, _ = embed_pgd(models, x, eps=12, steps=10, face_rms=rms, face_mask=mask)
+    d = (adv - x) * 255
+    got = ((d * mask) ** 2).sum((1, 2, 3)) / (mask.sum((1, 2, 3)) * 3)
+    assert (got.sqrt() <= rms + 1e-3).all() and (got.sqrt() > 0.5 * rms).all()
+    assert d.abs().max() <= 12 + 1e-3
+
+
+def test_quality_box_grows_the_box_and_clips():
+    assert quality_box((10, 20, 110, 140), 200, 200) == (0, 8, 120, 152)
+    assert quality_box((150, 150, 199, 199), 200, 200)[2:] == (200, 200)
