@@ -84,6 +84,15 @@ class PhotoCloak:
         d = self.delta[y0:y1, x0:x1]
         d += np.where(counts[..., None], change[: y1 - y0, : x1 - x0], 0.0).astype(np.float32)
 
+    def trial(self, changes: dict[int, np.ndarray]) -> "PhotoCloak":
+        """A copy with these faces' changes added (to measure a would-be cloak)."""
+        t = object.__new__(PhotoCloak)
+        t.__dict__.update(self.__dict__)
+        t.delta = self.delta.copy()
+        for i, ch in changes.items():
+            t.add(i, ch)
+        return t
+
     def pixels(self, region: Box) -> np.ndarray:
         """The uint8 pixels the photo holds in `region` (photo coordinates, inside the
         union of the face regions): original + change clipped to +-eps, rounded."""

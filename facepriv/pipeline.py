@@ -128,6 +128,7 @@ class _Photo:
     cloaked: np.ndarray | None = None
     faces: list[dict[str, Any]] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
+    decoys: list[int | None] = field(default_factory=list)  # per face: the decoy's bank index (embed-pgd)
     verified: _Verified | None = None  # the would-be file, as `_verify` encoded, decoded and re-detected it
     clean: tuple | None = None  # surrogate (pred, conf) on the original faces
     composite: PhotoCloak | None = None  # the faces' changes composed (`_run_strategy`)
@@ -268,6 +269,7 @@ class Cloaker:
                 continue
             p.cloaked = p.decoded.rgb.copy()
             p.steps = [0] * len(p.det)
+            p.decoys = [None] * len(p.det)
             items += [self._face_item(p, i, self._target_for(p, i)) for i in range(len(p.det))]
         self._run_strategy(items)
         t_verify = 0.0
@@ -342,6 +344,7 @@ class Cloaker:
         for start in range(0, len(items), self.settings.face_batch):
             chunk = items[start : start + self.settings.face_batch]
             adv, used = self.strategy(chunk)
+            decoys = getattr(self.strategy, "last_decoys", None) or [None] * len(chunk)
             for j, it in enumerate(chunk):
                 rx0, ry0, rx1, ry1 = it.region
                 result = adv[j, :, : ry1 - ry0, : rx1 - rx0].mul(255).permute(1, 2, 0).cpu().numpy()
@@ -349,6 +352,7 @@ class Cloaker:
                 comp.add(it.index, result - bases[start + j])
                 it.photo.cloaked[ry0:ry1, rx0:rx1] = comp.pixels(it.region)
                 it.photo.steps[it.index] += int(used[j])
+                it.photo.decoys[it.index] = decoys[j]
 
     def _verify(self, photos: list[_Photo], retry: bool) -> list[FaceItem]:
         """Encode each cloaked photo as it will be written, decode it, re-detect and re-classify
@@ -490,7 +494,7 @@ class Cloaker:
                 "landmarks": [float(v) for v in det.landmarks[i].reshape(-1)],
                 "label": p.label if p.labelled_face == i else None,
                 "redetected": bool(match[i] >= 0), "linf": linf, "l2": l2,
-                "steps": p.steps[i] if p.steps else 0,
+                "steps": p.steps[i] if p.steps else 0, "decoy": p.decoys[i] if p.decoys else None,
                 "judged": False, "fooled": None,
             }
             if has_model:
@@ -515,7 +519,7 @@ class Cloaker:
                     {"box": [float(v) for v in p.det.boxes[i]], "prob": float(p.det.probs[i]),
                      "landmarks": [float(v) for v in p.det.landmarks[i].reshape(-1)],
                      "label": p.label if p.labelled_face == i else None,
-                     "steps": p.steps[i] if p.steps else 0}
+                     "steps": p.steps[i] if p.steps else 0, "decoy": p.decoys[i] if p.decoys else None}
                     for i in range(len(p.det))
                 ]
             r["n_faces"] = len(r["faces"])

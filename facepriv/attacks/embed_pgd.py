@@ -144,22 +144,32 @@ class JitteredAlign(AlignModel):
     """AlignModel with input diversity: in each forward pass, each face's alignment is, with
     probability `p`, composed with a random similarity about the output centre (scale in
     [1 - scale, 1 + scale], rotation within +-`degrees`, shift within +-`shift` of the
-    output size), i.e. a random resize / rotate / pad of the aligned crop. p = 0 is AlignModel."""
+    output size), i.e. a random resize / rotate / pad of the aligned crop. p = 0 is AlignModel.
+
+    `rng`: one generator shared by the faces (default: seeded with `seed`), or a list of one
+    per face, so that a face's draws depend on its own generator only, not on its place in
+    the batch (`facepriv.embed_strategy` seeds each from the face's pixels)."""
 
     def __init__(self, net, transforms, p: float = 0.5, scale: float = 0.1, degrees: float = 8.0,
                  shift: float = 0.05, size: int | None = None, template=None, seed: int = 0,
-                 rng: np.random.Generator | None = None):
-        super().__init__(net, transforms, size, template)
+                 rng: np.random.Generator | Sequence[np.random.Generator] | None = None,
+                 sizes: Sequence[tuple[int, int]] | None = None):
+        super().__init__(net, transforms, size, template, sizes)
         self.p, self.scale, self.degrees, self.shift = float(p), float(scale), float(degrees), float(shift)
-        self.rng = rng if rng is not None else np.random.default_rng(seed)
+        if isinstance(rng, (list, tuple)):
+            if len(rng) != len(self.matrices):
+                raise ValueError(f"{len(rng)} generators for {len(self.matrices)} faces")
+            self.rngs = list(rng)
+        else:
+            self.rngs = [rng if rng is not None else np.random.default_rng(seed)] * len(self.matrices)
         self._seed = seed
 
-    def jitter(self, m: np.ndarray) -> np.ndarray:
-        if self.p <= 0 or self.rng.random() >= self.p:
+    def jitter(self, m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.p <= 0 or rng.random() >= self.p:
             return m
-        s = 1.0 + self.rng.uniform(-self.scale, self.scale)
-        t = np.deg2rad(self.rng.uniform(-self.degrees, self.degrees))
-        d = self.rng.uniform(-self.shift, self.shift, size=2) * self.size
+        s = 1.0 + rng.uniform(-self.scale, self.scale)
+        t = np.deg2rad(rng.uniform(-self.degrees, self.degrees))
+        d = rng.uniform(-self.shift, self.shift, size=2) * self.size
         c = (self.size - 1) / 2.0
         r = s * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
         j = np.eye(3)
@@ -172,8 +182,11 @@ class JitteredAlign(AlignModel):
             return super().align(x)
         if x.shape[0] != len(self.matrices):
             raise ValueError(f"{x.shape[0]} regions but {len(self.matrices)} transforms")
-        return torch.cat([warp(x[i], self.jitter(m), self.size) for i, m in enumerate(self.matrices)], 0)
+        return torch.cat([warp(self.region(x, i), self.jitter(m, self.rngs[i]), self.size)
+                          for i, m in enumerate(self.matrices)], 0)
 
     def select(self, idx):
-        return JitteredAlign(self.net, self.matrices[[int(i) for i in idx]].reshape(-1, 2, 3), self.p, self.scale,
-                             self.degrees, self.shift, self.size, self.template, rng=self.rng)
+        idx = [int(i) for i in idx]
+        return JitteredAlign(self.net, self.matrices[idx].reshape(-1, 2, 3), self.p, self.scale,
+                             self.degrees, self.shift, self.size, self.template, rng=[self.rngs[i] for i in idx],
+                             sizes=[self.sizes[i] for i in idx] if self.sizes is not None else None)
