@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from facepriv import geometry, imageio, manifest
+from facepriv import imageio, manifest
 from facepriv.align import ARCFACE_112, AlignModel
 from facepriv.decoys import bank_name, choose_decoys, find_bank, save_bank
 from facepriv.faces import Detection
@@ -100,10 +100,10 @@ def test_bank_round_trip_is_found_by_the_full_sha(tmp_path):
 
 
 def test_installed_surrogates_have_shipped_banks_with_the_same_identities():
-    from facepriv.decoys import PACKAGE_DIR
-
     import glob
     import os
+
+    from facepriv.decoys import PACKAGE_DIR
 
     files = sorted(glob.glob(os.path.join(PACKAGE_DIR, "*.npz")))
     assert {os.path.basename(f).split("-")[0] for f in files} == {"mobilefacenet", "mobileface", "faceres"}
