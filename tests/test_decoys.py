@@ -191,3 +191,21 @@ def test_pipeline_records_the_decoy_and_writes_the_same_bytes_alone_and_in_a_lar
     # the manifest column round-trips through the Parquet schema
     table = manifest.to_table([alone, *many])
     assert [r["faces"][0]["decoy"] for r in table.to_pylist()] == [d, *(r["faces"][0]["decoy"] for r in many)]
+
+
+SHARED = "/work/shared/models/human-models-3.0.4"
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir(SHARED), reason=f"pretrained TF.js models not present at {SHARED}")
+@pytest.mark.parametrize("name", ["mobilefacenet", "mobileface", "faceres"])
+def test_the_real_surrogates_find_their_shipped_bank(name):
+    import os
+
+    from facepriv.decoys import PACKAGE_DIR
+
+    net = store.load_surrogate(os.path.join(SHARED, f"{name}.json"))
+    bank = find_bank(store.weights_sha256(net), [PACKAGE_DIR])
+    assert bank is not None and os.path.basename(bank.path).startswith(name + "-")
+    with torch.no_grad():
+        dim = net(torch.zeros(1, 3, net.input_size, net.input_size)).shape[1]
+    assert bank.embeddings.shape == (50, dim)
