@@ -157,14 +157,19 @@ class AlignModel(nn.Module):
 
     `transforms` are either landmarks (B,5,2) or matrices (B,2,3) (region pixels -> output
     pixels), in each region's own coordinates. `size` defaults to ``net.input_size`` and
-    the template to ``net.crop`` (else chosen by size). `select(idx)` gives the same model
-    for a subset of faces, like `geometry.CropModel`.
+    the template to ``net.crop`` (else chosen by size). `sizes` (the regions' (h, w)): each
+    face is sampled from its own region only, never from the zero padding of a larger one,
+    so its aligned crop does not depend on what it is packed with (without `sizes`, a crop
+    reaching past its region reads the padding: the same zeros, but a downscaled crop's
+    antialiasing footprint then differs). `select(idx)` gives the same model for a subset of
+    faces, like `geometry.CropModel`.
     """
 
     def __init__(self, net: nn.Module, transforms: np.ndarray | Sequence, size: int | None = None,
-                 template: str | np.ndarray | None = None):
+                 template: str | np.ndarray | None = None, sizes: Sequence[tuple[int, int]] | None = None):
         super().__init__()
         self.net = net
+        self.sizes = [tuple(int(v) for v in hw) for hw in sizes] if sizes is not None else None
         self.size = int(size or getattr(net, "input_size", 112))
         self.template = template if template is not None else getattr(net, "crop", None)
         t = np.asarray(transforms, dtype=np.float64)
@@ -177,13 +182,22 @@ class AlignModel(nn.Module):
         else:
             raise ValueError(f"transforms must be landmarks (B,5,2) or matrices (B,2,3), got {t.shape}")
 
+    def region(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Face i's region of the packed x (without the padding when `sizes` are known)."""
+        if self.sizes is None:
+            return x[i]
+        h, w = self.sizes[i]
+        return x[i, :, :h, :w]
+
     def align(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != len(self.matrices):
             raise ValueError(f"{x.shape[0]} regions but {len(self.matrices)} transforms")
-        return torch.cat([warp(x[i], m, self.size) for i, m in enumerate(self.matrices)], 0)
+        return torch.cat([warp(self.region(x, i), m, self.size) for i, m in enumerate(self.matrices)], 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.align(x))
 
     def select(self, idx: Sequence[int]) -> "AlignModel":
-        return AlignModel(self.net, self.matrices[[int(i) for i in idx]].reshape(-1, 2, 3), self.size, self.template)
+        idx = [int(i) for i in idx]
+        return AlignModel(self.net, self.matrices[idx].reshape(-1, 2, 3), self.size, self.template,
+                          [self.sizes[i] for i in idx] if self.sizes is not None else None)

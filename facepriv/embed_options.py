@@ -51,8 +51,9 @@ def add_embed_options(a: argparse._ArgumentGroup) -> None:
                         "list`), .pt checkpoints or TF.js .json graphs; several = an ensemble (mean of their losses)")
     a.add_argument("--embed-loss", default=None, choices=["untargeted", "decoy"],
                    help="embed-pgd: untargeted = push each face's embedding away from its clean embedding; decoy = "
-                        "also pull it toward the least similar other face of the same batch (Fawkes-style decoy) "
-                        "(default untargeted)")
+                        "also pull it toward a decoy identity (Fawkes-style): the least similar of a fixed bank of "
+                        "50 identities shipped per installed surrogate (recorded per face in the manifest; a "
+                        "surrogate without a bank gets the untargeted loss) (default untargeted)")
     a.add_argument("--momentum", type=float, default=None, metavar="MU",
                    help="embed-pgd: MI-FGSM momentum on the normalised gradient (default 0 = off)")
     a.add_argument("--input-diversity", type=float, default=None, metavar="P",

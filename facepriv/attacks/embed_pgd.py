@@ -85,7 +85,7 @@ def embed_pgd(models: Sequence[Model], x: torch.Tensor, eps: float = 8.0, steps:
               momentum: float = 0.0, ti_sigma: float = 0.0, pre: Model | None = None,
               x_init: torch.Tensor | None = None,
               eps_map: torch.Tensor | None = None,
-              ens_norm: bool = False, quality: "QualityTerm | None" = None,
+              quality: "QualityTerm | None" = None,
               face_rms: float | None = None, face_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PGD in L-inf against embedding models. Returns (x_adv, steps used per face).
 
@@ -94,6 +94,10 @@ def embed_pgd(models: Sequence[Model], x: torch.Tensor, eps: float = 8.0, steps:
     max(2 * eps / steps, 0.25). Every face takes all `steps` (there is no label to stop on).
     `eps_map` (broadcastable to x, values in [0, 1]) scales eps and the step per pixel (e.g.
     `texture_map`: less change where the photo is flat, where SSIM and the eye notice it).
+    `quality` (`QualityTerm`): a face-quality penalty added to the loss. `face_rms` with
+    `face_mask` (B,1,H,W): an L2 ball on each face - the change's RMS over the mask's pixels
+    stays <= face_rms (0-255 units; the face's PSNR >= 20 log10(255 / face_rms)), steps of
+    2.5 x radius / steps along the L2-normalised gradient; eps still caps every pixel.
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
@@ -118,7 +122,7 @@ def embed_pgd(models: Sequence[Model], x: torch.Tensor, eps: float = 8.0, steps:
     for _ in range(steps):
         xi = xa.clone().requires_grad_(True)
         xin = xi if pre is None else pre(xi)
-        grad = _gradient(models, xin, xi, clean, dec, ens_norm, quality.penalty(x, xin) if quality else None)
+        grad = _gradient(models, xin, xi, clean, dec, quality.penalty(x, xin) if quality else None)
         grad = smooth(grad, ti_sigma)
         if momentum > 0:
             grad = grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
@@ -137,30 +141,17 @@ def embed_pgd(models: Sequence[Model], x: torch.Tensor, eps: float = 8.0, steps:
     return xa, torch.full((len(x),), steps, dtype=torch.long, device=x.device)
 
 
-def _unit_mean(g: torch.Tensor) -> torch.Tensor:
-    return g / g.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
-
-
-def _gradient(models, xin, var, clean, dec, ens_norm=False, extra=None):
-    """Gradient wrt `var` of the ensemble's mean embedding loss (+ `extra`). `ens_norm`: each
-    surrogate's gradient is normalised per face before they are averaged (so no surrogate's
-    scale dominates the sign); `extra`'s gradient is added to that, unnormalised."""
-    losses = [embedding_loss(m(xin), c, d).sum() for m, c, d in zip(models, clean, dec)]
-    if not (ens_norm and len(models) > 1):
-        total = sum(losses) / len(models) + (extra if extra is not None else 0)
-        return torch.autograd.grad(total, var)[0]
-    terms = losses + ([extra] if extra is not None else [])
-    grads = [torch.autograd.grad(t, var, retain_graph=k < len(terms) - 1)[0] for k, t in enumerate(terms)]
-    g = sum(_unit_mean(gk) for gk in grads[: len(losses)]) / len(losses)
-    return g + (grads[-1] if extra is not None else 0)
+def _gradient(models, xin, var, clean, dec, extra=None):
+    """Gradient wrt `var` of the ensemble's mean embedding loss (+ `extra`, e.g. the quality term)."""
+    total = sum(embedding_loss(m(xin), c, d).sum() for m, c, d in zip(models, clean, dec)) / len(models)
+    return torch.autograd.grad(total + (extra if extra is not None else 0), var)[0]
 
 
 class QualityTerm:
     """A perceptual term in the attack's loss: for each face, weight * max(0, target - S) / 100,
     S the differentiable SSIMULACRA2 (`facepriv.attacks.perceptual`) of its quality box
     (`boxes[i]` = (x0, y0, x1, y1) in region pixels) in what the file will hold against the
-    original. Below the target the attack trades embedding shift for quality on the face.
-    """
+    original. Below the target the attack trades embedding shift for quality on the face."""
 
     def __init__(self, boxes, target: float, weight: float = 1.0):
         self.boxes = [tuple(int(v) for v in b) for b in boxes]
@@ -194,22 +185,32 @@ class JitteredAlign(AlignModel):
     """AlignModel with input diversity: in each forward pass, each face's alignment is, with
     probability `p`, composed with a random similarity about the output centre (scale in
     [1 - scale, 1 + scale], rotation within +-`degrees`, shift within +-`shift` of the
-    output size), i.e. a random resize / rotate / pad of the aligned crop. p = 0 is AlignModel."""
+    output size), i.e. a random resize / rotate / pad of the aligned crop. p = 0 is AlignModel.
+
+    `rng`: one generator shared by the faces (default: seeded with `seed`), or a list of one
+    per face, so that a face's draws depend on its own generator only, not on its place in
+    the batch (`facepriv.embed_strategy` seeds each from the face's pixels)."""
 
     def __init__(self, net, transforms, p: float = 0.5, scale: float = 0.1, degrees: float = 8.0,
                  shift: float = 0.05, size: int | None = None, template=None, seed: int = 0,
-                 rng: np.random.Generator | None = None):
-        super().__init__(net, transforms, size, template)
+                 rng: np.random.Generator | Sequence[np.random.Generator] | None = None,
+                 sizes: Sequence[tuple[int, int]] | None = None):
+        super().__init__(net, transforms, size, template, sizes)
         self.p, self.scale, self.degrees, self.shift = float(p), float(scale), float(degrees), float(shift)
-        self.rng = rng if rng is not None else np.random.default_rng(seed)
+        if isinstance(rng, (list, tuple)):
+            if len(rng) != len(self.matrices):
+                raise ValueError(f"{len(rng)} generators for {len(self.matrices)} faces")
+            self.rngs = list(rng)
+        else:
+            self.rngs = [rng if rng is not None else np.random.default_rng(seed)] * len(self.matrices)
         self._seed = seed
 
-    def jitter(self, m: np.ndarray) -> np.ndarray:
-        if self.p <= 0 or self.rng.random() >= self.p:
+    def jitter(self, m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.p <= 0 or rng.random() >= self.p:
             return m
-        s = 1.0 + self.rng.uniform(-self.scale, self.scale)
-        t = np.deg2rad(self.rng.uniform(-self.degrees, self.degrees))
-        d = self.rng.uniform(-self.shift, self.shift, size=2) * self.size
+        s = 1.0 + rng.uniform(-self.scale, self.scale)
+        t = np.deg2rad(rng.uniform(-self.degrees, self.degrees))
+        d = rng.uniform(-self.shift, self.shift, size=2) * self.size
         c = (self.size - 1) / 2.0
         r = s * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
         j = np.eye(3)
@@ -222,8 +223,11 @@ class JitteredAlign(AlignModel):
             return super().align(x)
         if x.shape[0] != len(self.matrices):
             raise ValueError(f"{x.shape[0]} regions but {len(self.matrices)} transforms")
-        return torch.cat([warp(x[i], self.jitter(m), self.size) for i, m in enumerate(self.matrices)], 0)
+        return torch.cat([warp(self.region(x, i), self.jitter(m, self.rngs[i]), self.size)
+                          for i, m in enumerate(self.matrices)], 0)
 
     def select(self, idx):
-        return JitteredAlign(self.net, self.matrices[[int(i) for i in idx]].reshape(-1, 2, 3), self.p, self.scale,
-                             self.degrees, self.shift, self.size, self.template, rng=self.rng)
+        idx = [int(i) for i in idx]
+        return JitteredAlign(self.net, self.matrices[idx].reshape(-1, 2, 3), self.p, self.scale,
+                             self.degrees, self.shift, self.size, self.template, rng=[self.rngs[i] for i in idx],
+                             sizes=[self.sizes[i] for i in idx] if self.sizes is not None else None)

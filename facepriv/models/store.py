@@ -8,6 +8,7 @@ model (``x.json``, imported on the fly).
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from ..errors import FacePrivError
@@ -66,3 +67,18 @@ def load_surrogate(spec: str, device="cpu"):
     from .checkpoint import load_checkpoint
 
     return load_checkpoint(path, device).model.eval()
+
+
+def weights_sha256(module) -> str:
+    """sha256 of a loaded model's weights: every state_dict entry in key order (its name,
+    dtype, shape and bytes, contiguous on the CPU). The same for the same weights however
+    they were loaded (installed .pt, a TF.js .json imported on the fly, any device or memory
+    format); what facepriv keys per-surrogate data by (the decoy banks, `facepriv.decoys`)."""
+    import torch
+
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
