@@ -41,6 +41,21 @@ def face_region(box: Sequence[float], width: int, height: int, margin: float = 0
     return int_box(square_box(box, 1.0 + 2 * margin), width, height)
 
 
+QUALITY_MARGIN = 0.10  # quality region: the box grown by this fraction of its width/height each side
+
+
+def quality_region(box: Sequence[float], width: int, height: int,
+                   margin: float = QUALITY_MARGIN) -> tuple[int, int, int, int]:
+    """Where a face's quality is measured (`metrics.face_quality`) and bound (--min-psnr,
+    --min-ssim, --min-face-quality): the detector box grown by `margin` of its width on the
+    left and right and of its height above and below, rounded out and clipped to the image.
+    Tighter than the cloak's region (`face_region`): the face and a rim of its surroundings,
+    not the background the cloak also touches."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    mx, my = margin * (x1 - x0), margin * (y1 - y0)
+    return int_box((x0 - mx, y0 - my, x1 + mx, y1 + my), width, height)
+
+
 def jpeg_region(box: Sequence[float], width: int, height: int, margin: float = 0.25) -> tuple[int, int, int, int]:
     """`face_region` grown out to the 8x8 JPEG block grid (clamped to the image), so a region's
     JPEG round trip is the written file's within it."""
