@@ -128,7 +128,7 @@ def settings_from_args(args: argparse.Namespace):
         judge=not args.no_judge, redetect=args.redetect, device=args.device, extra=getattr(args, "extra", None) or {},
         surrogate=args.surrogate, embed_loss=args.embed_loss, momentum=args.momentum,
         input_diversity=args.input_diversity, ti_sigma=args.ti_sigma, min_psnr=args.min_psnr, min_ssim=args.min_ssim,
-        texture_mask=args.texture_mask,
+        texture_mask=args.texture_mask, min_face_quality=args.min_face_quality,
     )
 
 

@@ -35,6 +35,11 @@ FACE = pa.struct(
         ("linf", pa.float32()),  # of the perturbation, 0-255 units, on the written pixels
         ("l2", pa.float32()),
         ("steps", pa.int32()),
+        # the face's quality region (geometry.quality_region) of the written file, read back,
+        # against the original (metrics.face_quality); null when judging was off
+        ("face_psnr", pa.float32()),
+        ("face_ssim", pa.float32()),
+        ("face_ssimulacra2", pa.float32()),
     ]
 )
 
