@@ -1,9 +1,10 @@
 """`facepriv cloak` options of the label-free embedding attack, and `--preset protect`.
 
 `add_embed_options(group)` adds --surrogate, --embed-loss, --momentum, --input-diversity,
---ti-sigma, --min-psnr, --min-ssim and --preset to the cloak parser's attack group (their
-defaults are None so that a preset can tell what the user set). `apply_preset(args)` fills
-every option the user left unset from the named preset, then the plain defaults.
+--ti-sigma, --min-psnr, --min-ssim, --min-face-quality and --preset to the cloak parser's
+attack group (their defaults are None so that a preset can tell what the user set).
+`apply_preset(args)` fills every option the user left unset from the named preset, then the
+plain defaults, and refuses floors no face can meet.
 
 The `protect` preset is the best configuration measured on lfw50 (dlib as the unseen
 judge; see README "Label-free cloaks"), on the installed surrogates (`PREFERRED`).
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import FacePrivError
+from .errors import FacePrivError, UsageError
 
 # Values for the options a user did not give. "surrogate": None = every installed surrogate.
 PRESETS: dict[str, dict] = {
@@ -32,7 +33,8 @@ PREFERRED: dict[str, tuple[str, ...]] = {"protect": ("mobilefacenet",)}
 # Options whose CLI default is None (so a preset can tell what the user set); without a
 # preset they take CloakSettings' own defaults.
 PRESETTABLE = ("attack", "eps", "steps", "surrogate", "embed_loss", "momentum", "input_diversity", "ti_sigma",
-               "min_psnr", "min_ssim", "texture_mask", "face_psnr", "quality_target", "quality_weight")
+               "min_psnr", "min_ssim", "texture_mask", "min_face_quality", "face_psnr", "quality_target",
+               "quality_weight")
 
 
 def defaults() -> dict:
@@ -63,10 +65,14 @@ def add_embed_options(a: argparse._ArgumentGroup) -> None:
                    help="embed-pgd: translation-invariant gradient smoothing, Gaussian sigma in pixels "
                         "(default 0 = off)")
     a.add_argument("--min-psnr", type=float, default=None, metavar="DB",
-                   help="embed-pgd: every photo, encoded as it will be written, keeps at least this PSNR against "
-                        "the original (each photo's perturbation is scaled down until it does)")
+                   help="embed-pgd: every face region (its box + 10%% each side) of the photo, encoded as it will "
+                        "be written, keeps at least this PSNR against the original (each face's perturbation is "
+                        "scaled down until it does)")
     a.add_argument("--min-ssim", type=float, default=None, metavar="S",
-                   help="embed-pgd: the same for SSIM (e.g. 0.95)")
+                   help="embed-pgd: the same for SSIM on the face region (e.g. 0.95)")
+    a.add_argument("--min-face-quality", type=float, default=None, metavar="S",
+                   help="embed-pgd: the same for SSIMULACRA 2 on the face region (at most 100 = identical; 90 "
+                        "visually lossless, 70 high, 50 medium quality; a JPEG q95 re-save alone scores ~90-95)")
     a.add_argument("--texture-mask", type=float, default=None, metavar="T",
                    help="embed-pgd: per-pixel eps shaped like SSIM's tolerance - full eps where the local contrast "
                         "(std of luma in an 11-px Gaussian window, 0-255) reaches T, less in flat skin and sky "
@@ -102,6 +108,9 @@ def apply_preset(args: argparse.Namespace) -> None:
     for k, v in values.items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
+    for flag, value, top in (("--min-ssim", args.min_ssim, 1.0), ("--min-face-quality", args.min_face_quality, 100.0)):
+        if value is not None and value > top:
+            raise UsageError(f"{flag} {value:g} can never be met (at most {top:g}, an unchanged face)")
     if preset and args.attack == "embed-pgd" and not args.surrogate:
         from .models.store import installed, models_dir
 

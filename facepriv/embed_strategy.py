@@ -23,14 +23,16 @@ pixels, and every surrogate aligns a face from its own region only
 (`AlignModel` sizes; the texture map is computed per region too), so a face's cloak does
 not depend on which faces share its chunk either.
 
-Quality budget (``min_psnr`` / ``min_ssim``): after the attack, each photo's perturbation
-(all its faces in the chunk together) is scaled down by the largest factor in [0, 1]
-(binary search, 8 halvings) at which the photo - its faces' changes composed as the
-pipeline composes them (`compose.PhotoCloak`), as uint8, encoded exactly as the pipeline
-will write it (format, quality) and decoded - still has PSNR >= min_psnr and SSIM
->= min_ssim against the original: the numbers the manifest records. Exact when all of a
-photo's faces fall in one chunk (``face_batch``, default 32); faces of later chunks can
-lower a photo's numbers further. Bare FaceItems without their photo are checked per region.
+Quality budget (``min_psnr`` / ``min_ssim`` / ``min_face_quality``, `facepriv.budget`):
+after the attack, each face's perturbation is scaled down by the largest factor in [0, 1] at
+which its quality region (box + 10%) of the photo - its changes composed with the photo's other faces as the pipeline composes
+them (`compose.PhotoCloak`), encoded exactly as the
+pipeline will write it (format, quality) and decoded - keeps PSNR, SSIM and SSIMULACRA 2
+against the original at or above the floors, checked at the end on the whole photo encoded
+once: the face figures the manifest records. The photo's faces of other chunks
+(``face_batch``, default 32) are checked too (not rescaled); faces of later chunks are
+fitted against the cloaks already pasted. Bare FaceItems without their photo are fitted
+per region, as a JPEG at the output quality when the photo is one.
 
 Not resumable: the pipeline's verify stage re-detects and re-classifies with a classifier;
 with no labels there is nothing to re-attack toward, so faces are attacked once.
@@ -44,11 +46,11 @@ import sys
 import numpy as np
 import torch
 
-from . import geometry
+from . import geometry, imageio
 from .attacks.embed_pgd import JitteredAlign, QualityTerm, embed_pgd, texture_map
+from .budget import Cloak, Floors, fit_photo
 from .decoys import check_same_ids, choose_decoys, find_bank
 from .errors import FacePrivError
-from .metrics import psnr, ssim
 from .strategies import FaceItem, WrittenModel, register
 
 
@@ -74,15 +76,6 @@ def face_seed(pixels: torch.Tensor) -> int:
     h.update(str(px.shape).encode())
     h.update(px.tobytes())
     return int.from_bytes(h.digest()[:8], "little")
-
-
-def scale_to_budget(orig: np.ndarray, adv: np.ndarray, written, min_psnr: float | None,
-                    min_ssim: float | None, iters: int = 8) -> tuple[np.ndarray, float]:
-    """One region on its own: the largest s (see `largest_scale`) with
-    written(round(orig + s*(adv-orig))) within the budget vs orig. orig/adv: (h,w,3) float
-    0-255; written: uint8 -> uint8. Returns (the uint8 region at s, s)."""
-    sc = largest_scale(_region_measure(orig, adv, written), min_psnr, min_ssim, iters)
-    return np.clip(np.round(orig + sc * (adv - orig)), 0, 255).astype(np.uint8), sc
 
 
 @register("embed-pgd")
@@ -158,29 +151,30 @@ class EmbedPGDStrategy:
                               quality=quality,
                               face_rms=None if s.face_psnr is None else 255.0 / 10 ** (s.face_psnr / 20),
                               face_mask=face_mask)
-        min_psnr, min_ssim = getattr(s, "min_psnr", None), getattr(s, "min_ssim", None)
+        floors = Floors(getattr(s, "min_psnr", None), getattr(s, "min_ssim", None),
+                        getattr(s, "min_face_quality", None))
         self.last_scales = [1.0] * len(chunk)
-        if min_psnr is not None or min_ssim is not None:
-            adv = self._fit_budget(chunk, x, adv, sizes, pre, min_psnr, min_ssim)
+        if floors:
+            adv = self._fit_budget(chunk, x, adv, sizes, pre, floors)
         return adv, used.tolist()
 
     def _face_terms(self, chunk, x):
         """The quality term (--quality-target) and the face masks of the L2 ball (--face-psnr):
-        both on each face's quality box (`geometry.quality_box`) in region pixels."""
+        both on each face's quality region (`geometry.quality_region`) in region pixels."""
         s = self.s
         if s.quality_target is None and s.face_psnr is None:
             return None, None
-        boxes = [geometry.quality_box(it.box, it.pixels.shape[2], it.pixels.shape[1]) for it in chunk]
+        boxes = [geometry.quality_region(it.box, it.pixels.shape[2], it.pixels.shape[1]) for it in chunk]
         quality = QualityTerm(boxes, s.quality_target, s.quality_weight) if s.quality_target is not None else None
         mask = torch.zeros_like(x[:, :1])
         for i, (x0, y0, x1, y1) in enumerate(boxes):
             mask[i, :, y0:y1, x0:x1] = 1
         return quality, mask
 
-    def _fit_budget(self, chunk, x, adv, sizes, pre, min_psnr, min_ssim) -> torch.Tensor:
-        """Scale each photo's perturbation (one factor for all its faces in the chunk) to the
-        largest that keeps the photo, encoded exactly as the pipeline will write it, within
-        the budget. Without the photo (bare FaceItems) each region is checked on its own."""
+    def _fit_budget(self, chunk, x, adv, sizes, pre, floors: Floors) -> torch.Tensor:
+        """Scale each face's perturbation to the largest that keeps its quality region of the
+        photo, encoded exactly as the pipeline will write it, within the floors (`budget.fit_photo`).
+        Without the photo (bare FaceItems) each region is fitted on its own."""
         adv = adv.clone()
         groups: dict[int, list[int]] = {}
         for i, it in enumerate(chunk):
@@ -188,89 +182,67 @@ class EmbedPGDStrategy:
         quals = pre.qualities if pre is not None else [None] * len(chunk)
         for idx in groups.values():
             photo = chunk[idx[0]].photo
-            origs = [x[i, :, :h, :w].permute(1, 2, 0).cpu().numpy() * 255 for i, (h, w) in
-                     ((i, sizes[i]) for i in idx)]
-            cands = [adv[i, :, :h, :w].permute(1, 2, 0).cpu().numpy() * 255 for i, (h, w) in
-                     ((i, sizes[i]) for i in idx)]
-            if getattr(photo, "cloaked", None) is not None and getattr(photo, "decoded", None) is not None:
-                measure = _photo_measure(photo, [chunk[i].region for i in idx], origs, cands, s=self.s,
-                                         faces=[chunk[i].index for i in idx])
+            whole = getattr(photo, "cloaked", None) is not None and getattr(photo, "decoded", None) is not None
+            cloaks = [_cloak(chunk[i], x[i], adv[i], sizes[i], whole) for i in idx]
+            if whole:
+                det = getattr(photo, "det", None)
+                ours = {chunk[i].index for i in idx}
+                hh, ww = photo.decoded.rgb.shape[:2]
+                extra = [geometry.quality_region(b, ww, hh) for k, b in enumerate(det.boxes) if k not in ours] \
+                    if det is not None else []
+                write = imageio.writer(photo.decoded, self.s.jpeg_quality, self.s.keep_metadata)
+                scales = fit_photo(photo.decoded.rgb, photo.cloaked, cloaks, floors, write, extra,
+                                   render=_composed(photo, [chunk[i].index for i in idx], cloaks))
             else:
-                each = [_region_measure(o, c, _writer(quals[i])) for i, o, c in zip(idx, origs, cands)]
-
-                def measure(sc, each=each):
-                    m = [f(sc) for f in each]
-                    return min(p for p, _ in m), min(q for _, q in m)
-            sc = largest_scale(measure, min_psnr, min_ssim)
-            for i, o, c in zip(idx, origs, cands):
+                scales = [fit_photo(c.at(0), c.at(0), [c], floors, _region_writer(quals[i]))[0]
+                          for i, c in zip(idx, cloaks)]
+            for i, c, sc in zip(idx, cloaks, scales):
                 h, w = sizes[i]
-                region = np.clip(np.round(o + sc * (c - o)), 0, 255)
-                adv[i, :, :h, :w] = torch.from_numpy(region).to(adv).permute(2, 0, 1) / 255
+                adv[i, :, :h, :w] = torch.from_numpy(c.at(sc)).to(adv).permute(2, 0, 1) / 255
                 self.last_scales[i] = sc
         return adv
 
 
-def largest_scale(measure, min_psnr: float | None, min_ssim: float | None, iters: int = 8) -> float:
-    """Largest s in [0, 1] (binary search, resolution 2^-iters) with measure(s) = (psnr, ssim)
-    meeting the budget; 1.0 when the full perturbation does, 0.0 when nothing does."""
-    def ok(s: float) -> bool:
-        p, q = measure(s)
-        return (min_psnr is None or p >= min_psnr) and (min_ssim is None or q >= min_ssim)
+def _composed(photo, faces: list[int], cloaks: list[Cloak]):
+    """budget.fit_photo's render for a photo whose faces' changes the pipeline composes
+    (`compose.PhotoCloak`): the window as the composite would hold it with these faces'
+    changes at the given scales; None (plain pasting) without a composite."""
+    comp = getattr(photo, "composite", None)
+    if comp is None:
+        return None
 
-    if (min_psnr is None and min_ssim is None) or ok(1.0):
-        return 1.0
-    lo, hi = 0.0, 1.0
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    def render(scales, win):
+        trial = comp.trial({f: c.at(sc).astype(np.float32) - c.orig for f, c, sc in zip(faces, cloaks, scales)})
+        x0, y0, x1, y1 = win
+        out = photo.cloaked[y0:y1, x0:x1].copy()
+        for f in faces:
+            rx0, ry0, rx1, ry1 = comp.regions[f]
+            ix0, iy0, ix1, iy1 = max(rx0, x0), max(ry0, y0), min(rx1, x1), min(ry1, y1)
+            if ix0 < ix1 and iy0 < iy1:
+                out[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = trial.pixels((ix0, iy0, ix1, iy1))
+        return out
 
-
-def _region_measure(orig: np.ndarray, adv: np.ndarray, written):
-    o8 = np.clip(np.round(orig), 0, 255).astype(np.uint8)
-
-    def measure(s: float):
-        w = written(np.clip(np.round(orig + s * (adv - orig)), 0, 255).astype(np.uint8))
-        return psnr(o8, w), ssim(o8, w)
-
-    return measure
+    return render
 
 
-def _photo_measure(photo, regions, origs, cands, s, faces=None):
-    """measure(scale) on the whole photo as the pipeline will write it (the faces' changes at
-    that scale composed into the photo's current cloak as the pipeline composes them,
-    `compose.PhotoCloak`, or pasted as uint8 without one; encoded with the output format and
-    quality, decoded)."""
-    from . import imageio
-
-    base = photo.cloaked
-    ref = photo.decoded.rgb
-    comp = getattr(photo, "composite", None) if faces is not None else None
-
-    def measure(sc: float):
-        canvas = base.copy()
-        scaled = [np.clip(np.round(o + sc * (c - o)), 0, 255) for o, c in zip(origs, cands)]
-        if comp is not None:
-            trial = comp.trial({i: a - o for i, a, o in zip(faces, scaled, origs)})
-            for rx0, ry0, rx1, ry1 in regions:
-                canvas[ry0:ry1, rx0:rx1] = trial.pixels((rx0, ry0, rx1, ry1))
-        else:
-            for (rx0, ry0, rx1, ry1), a in zip(regions, scaled):
-                canvas[ry0:ry1, rx0:rx1] = a.astype(np.uint8)
-        data, _ = imageio.encode(canvas, photo.decoded, s.jpeg_quality, s.keep_metadata)
-        back = imageio.decode(data, max_pixels=2**62).rgb
-        return psnr(ref, back), ssim(ref, back)
-
-    return measure
+def _cloak(it: FaceItem, x: torch.Tensor, adv: torch.Tensor, size: tuple[int, int], whole: bool) -> Cloak:
+    """A face's perturbation for the budget: in photo coordinates when its photo is known
+    (`whole`; the quality region from the photo's own detection box when it has one), else
+    in its region's."""
+    h, w = size
+    orig = x[:, :h, :w].permute(1, 2, 0).cpu().numpy().astype(np.float64) * 255
+    cand = adv[:, :h, :w].permute(1, 2, 0).cpu().numpy().astype(np.float64) * 255
+    rx0, ry0, rx1, ry1 = it.region
+    if not whole:
+        return Cloak((0, 0, w, h), orig, cand, geometry.quality_region(it.box, w, h))
+    det = getattr(it.photo, "det", None)
+    box = det.boxes[it.index] if det is not None else np.asarray(it.box, np.float64) + [rx0, ry0, rx0, ry0]
+    ph, pw = it.photo.decoded.rgb.shape[:2]
+    return Cloak(it.region, orig, cand, geometry.quality_region(box, pw, ph))
 
 
-def _writer(quality: int | None):
-    """uint8 region -> what the file will hold there (JPEG round trip at `quality`, else as is)."""
+def _region_writer(quality: int | None):
+    """budget.Writer for a bare region: a JPEG round trip at `quality`, else as is."""
     if quality is None:
-        return lambda a: a
-    from .imageio import jpeg_round_trip
-
-    return lambda a: jpeg_round_trip(a, quality)
+        return lambda a, win: a
+    return lambda a, win: imageio.jpeg_round_trip(a, quality)

@@ -41,17 +41,19 @@ def face_region(box: Sequence[float], width: int, height: int, margin: float = 0
     return int_box(square_box(box, 1.0 + 2 * margin), width, height)
 
 
-QUALITY_MARGIN = 0.1  # the face region quality is measured on: the detection box grown by 10% a side
+QUALITY_MARGIN = 0.10  # quality region: the box grown by this fraction of its width/height each side
 
 
-def quality_box(box: Sequence[float], width: int, height: int,
-                margin: float = QUALITY_MARGIN) -> tuple[int, int, int, int]:
-    """The face as a viewer sees it, where face quality (PSNR, SSIM, SSIMULACRA2) is measured and
-    budgeted: the detection box grown by `margin` of its width/height on each side, clipped."""
-    x0, y0, x1, y1 = (float(v) for v in box[:4])
-    mw, mh = margin * (x1 - x0), margin * (y1 - y0)
-    return (max(int(np.floor(x0 - mw)), 0), max(int(np.floor(y0 - mh)), 0),
-            min(int(np.ceil(x1 + mw)), width), min(int(np.ceil(y1 + mh)), height))
+def quality_region(box: Sequence[float], width: int, height: int,
+                   margin: float = QUALITY_MARGIN) -> tuple[int, int, int, int]:
+    """Where a face's quality is measured (`metrics.face_quality`) and bound (--min-psnr,
+    --min-ssim, --min-face-quality): the detector box grown by `margin` of its width on the
+    left and right and of its height above and below, rounded out and clipped to the image.
+    Tighter than the cloak's region (`face_region`): the face and a rim of its surroundings,
+    not the background the cloak also touches."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    mx, my = margin * (x1 - x0), margin * (y1 - y0)
+    return int_box((x0 - mx, y0 - my, x1 + mx, y1 + my), width, height)
 
 
 def jpeg_region(box: Sequence[float], width: int, height: int, margin: float = 0.25) -> tuple[int, int, int, int]:

@@ -186,6 +186,37 @@ def encode(
     return buf.getvalue(), fmt
 
 
+def window(like: Decoded, box: tuple[int, int, int, int]) -> Decoded:
+    """What `encode` needs to write the pixels of a window (x0, y0, x1, y1) of a photo as it
+    writes the whole photo: the same format and mode, the window of its alpha / 16-bit
+    planes (no metadata: it does not change pixels). A palette photo keeps the whole photo's
+    gray-or-colour decision."""
+    x0, y0, x1, y1 = box
+    mode = like.mode
+    if mode == "P":
+        mode = "L" if _is_gray(like.rgb) else "RGB"
+    return Decoded(rgb=like.rgb[y0:y1, x0:x1], format=like.format, mode=mode,
+                   alpha=None if like.alpha is None else like.alpha[y0:y1, x0:x1],
+                   gray16=None if like.gray16 is None else like.gray16[y0:y1, x0:x1])
+
+
+def writer(like: Decoded, jpeg_quality: int = 95, keep_metadata: bool = False):
+    """write(pixels, window) -> what the file `encode` writes holds in `window` (x0, y0, x1, y1)
+    when the photo holds `pixels` there: the whole photo (window (0, 0, W, H)) encoded exactly as
+    the pipeline writes it, or the window alone (`window`; for JPEG the same pixels as the
+    whole file's inside it, away from its edges, when it is aligned to the 16 px MCU grid)."""
+    full = (0, 0, like.rgb.shape[1], like.rgb.shape[0])
+
+    def write(pixels: np.ndarray, win) -> np.ndarray:
+        if tuple(win) == full:
+            data, _ = encode(pixels, like, jpeg_quality, keep_metadata)
+        else:
+            data, _ = encode(pixels, window(like, win), jpeg_quality, False)
+        return decode(data, max_pixels=2**62).rgb
+
+    return write
+
+
 def jpeg_options(quality: int) -> dict:
     """Pillow's JPEG save options for an output quality (full chroma from q90 up)."""
     return {"quality": quality, "subsampling": 0 if quality >= 90 else 2}

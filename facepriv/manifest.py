@@ -36,6 +36,11 @@ FACE = pa.struct(
         ("l2", pa.float32()),
         ("steps", pa.int32()),
         ("decoy", pa.int32()),  # embed-pgd --embed-loss decoy: the decoy's index in the bank (facepriv/decoys.py)
+        # the face's quality region (geometry.quality_region) of the written file, read back,
+        # against the original (metrics.face_quality); null when judging was off
+        ("face_psnr", pa.float32()),
+        ("face_ssim", pa.float32()),
+        ("face_ssimulacra2", pa.float32()),
     ]
 )
 

@@ -1,12 +1,16 @@
-"""Image-quality and perturbation metrics, pure numpy/torch."""
+"""Image-quality and perturbation metrics, pure numpy/torch: PSNR, SSIM, SSIMULACRA 2, and
+the three of them on a face's quality region (`face_quality`)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from . import geometry
 
 
 def changed_box(a: np.ndarray, b: np.ndarray, pad: int = 0) -> tuple[int, int, int, int] | None:
@@ -100,6 +104,66 @@ def _ssim_global(x: torch.Tensor, y: torch.Tensor) -> float:
     sxx, syy = x.var(unbiased=False), y.var(unbiased=False)
     sxy = ((x - mx) * (y - my)).mean()
     return float(((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2)))
+
+
+# ----------------------------------------------------------------------------- SSIMULACRA 2
+
+
+def _s2_tensor(a: np.ndarray) -> torch.Tensor:
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, 2)
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].double() / 255.0
+
+
+def ssimulacra2(ref: np.ndarray, dist: np.ndarray) -> float:
+    """SSIMULACRA 2 (Sneyers, libjxl tools/ssimulacra2) of `dist` against `ref`, uint8 RGB (or
+    gray) images of equal shape: 100 = identical, ~90 visually lossless, ~70 high quality, ~50
+    medium, lower = worse (can go negative). The computation is `facepriv.perceptual`'s,
+    equal to the PyPI package `ssimulacra2` 0.3.0 (BSD-3), the reference, to float precision
+    (tests/test_perceptual.py), small images included: like the reference (and libjxl), an
+    image under 256 px a side has fewer than six scales and its weights are walked in order,
+    so face crops score as the package scores them (a JPEG q95 face crop ~88-91, random +-4
+    noise ~66-73). `Ssimulacra2Ref(ref)` scores many candidates against one reference."""
+    return Ssimulacra2Ref(ref).score(dist)
+
+
+class Ssimulacra2Ref:
+    """A reference image prepared for `ssimulacra2` (converted once)."""
+
+    def __init__(self, ref: np.ndarray):
+        self.ref = ref
+        self.shape = ref.shape
+        self._t = _s2_tensor(ref)
+
+    def score(self, dist: np.ndarray) -> float:
+        from .perceptual import ssimulacra2 as s2
+
+        if dist.shape != self.shape:
+            raise ValueError(f"ssimulacra2: shapes differ: {self.shape} vs {dist.shape}")
+        if np.array_equal(self.ref, dist):
+            return 100.0
+        return float(s2(self._t, _s2_tensor(dist)))
+
+
+# ----------------------------------------------------------------------------- face regions
+
+FACE_METRICS = ("psnr", "ssim", "ssimulacra2")
+_METRIC = {"psnr": psnr, "ssim": ssim, "ssimulacra2": ssimulacra2}
+
+
+def region_quality(orig: np.ndarray, written: np.ndarray, metrics: Sequence[str] = FACE_METRICS) -> dict[str, float]:
+    """{metric: value} of two uint8 crops (the same region of the original and the written photo)."""
+    return {m: float(_METRIC[m](orig, written)) for m in metrics}
+
+
+def face_quality(orig: np.ndarray, written: np.ndarray, box: Sequence[float],
+                 metrics: Sequence[str] = FACE_METRICS) -> dict[str, float]:
+    """PSNR, SSIM and SSIMULACRA 2 of one face: its quality region (`geometry.quality_region`:
+    the detector box plus QUALITY_MARGIN of its side each side, clipped) of the written photo
+    against the same region of the original, both full uint8 photos of equal shape."""
+    h, w = orig.shape[:2]
+    x0, y0, x1, y1 = geometry.quality_region(box, w, h)
+    return region_quality(orig[y0:y1, x0:x1], written[y0:y1, x0:x1], metrics)
 
 
 def linf_l2(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

@@ -18,6 +18,7 @@ import posixpath
 import socket
 import time
 import traceback
+from array import array
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
@@ -30,13 +31,13 @@ from .archive import Archive, storage_options
 from .compose import PhotoCloak
 from .errors import FacePrivError, InputError
 from .faces import Detection, DetectorSettings, FaceDetector
-from .metrics import linf_l2, psnr, ssim
+from .metrics import face_quality, linf_l2, psnr, ssim
 from .models.checkpoint import load_checkpoint
 from .strategies import REGISTRY, FaceItem, make as make_strategy
 
 
 EMBED_FIELDS = ("surrogate", "embed_loss", "momentum", "input_diversity", "ti_sigma", "min_psnr", "min_ssim",
-                "texture_mask", "face_psnr", "quality_target", "quality_weight")
+                "texture_mask", "min_face_quality", "face_psnr", "quality_target", "quality_weight")
 
 
 @dataclass
@@ -73,9 +74,10 @@ class CloakSettings:
     momentum: float = 0.0  # MI-FGSM momentum (0 = off)
     input_diversity: float = 0.0  # probability of a random alignment jitter per face and step
     ti_sigma: float = 0.0  # translation-invariant gradient smoothing, Gaussian sigma in px (0 = off)
-    min_psnr: float | None = None  # quality budget per written photo (dB)
+    min_psnr: float | None = None  # quality budget per face region of the written photo (dB; facepriv/budget.py)
     min_ssim: float | None = None
     texture_mask: float = 0.0  # > 0: per-pixel eps shaped like SSIM's tolerance, full eps at this local std
+    min_face_quality: float | None = None  # the same for SSIMULACRA 2 (90 visually lossless, 70 high, 50 medium)
     face_psnr: float | None = None  # an L2 ball on each face's quality box: the change keeps this PSNR (dB)
     quality_target: float | None = None  # SSIMULACRA2 term in the loss: penalise a face region below this
     quality_weight: float = 1.0  # its weight against the embedding loss
@@ -492,6 +494,7 @@ class Cloaker:
         for i in range(len(det)):
             rx0, ry0, rx1, ry1 = geometry.face_region(det.boxes[i], w, h, self.settings.region_margin)
             linf, l2 = linf_l2(p.decoded.rgb[ry0:ry1, rx0:rx1], rgb[ry0:ry1, rx0:rx1])
+            q = face_quality(p.decoded.rgb, rgb, det.boxes[i])  # the written file as read back
             face = {
                 "box": [float(v) for v in det.boxes[i]], "prob": float(det.probs[i]),
                 "landmarks": [float(v) for v in det.landmarks[i].reshape(-1)],
@@ -499,6 +502,7 @@ class Cloaker:
                 "redetected": bool(match[i] >= 0), "linf": linf, "l2": l2,
                 "steps": p.steps[i] if p.steps else 0, "decoy": p.decoys[i] if p.decoys else None,
                 "judged": False, "fooled": None,
+                "face_psnr": q["psnr"], "face_ssim": q["ssim"], "face_ssimulacra2": q["ssimulacra2"],
             }
             if has_model:
                 clean, cloak = self.classes[cp[i]], self.classes[ap[i]]
@@ -552,14 +556,28 @@ def summarize(rows_or_counts, run_id: str, seconds: float, extra: dict | None = 
     return out
 
 
+FACE_QUALITY = ("face_psnr", "face_ssim", "face_ssimulacra2")  # per-face manifest fields summarised per run
+
+
+def spread(values) -> dict[str, float | None]:
+    """mean, p10 (linear interpolation, as report.aggregate.quantile) and min of some values."""
+    if not len(values):
+        return {"mean": None, "p10": None, "min": None}
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "p10": float(np.quantile(v, 0.10)), "min": float(v.min())}
+
+
 class Tally:
-    """Running totals for summary.json, so the driver never holds all rows."""
+    """Running totals for summary.json, so the driver never holds all rows (per face it keeps
+    only the three quality figures, 12 bytes)."""
 
     def __init__(self) -> None:
         self.inputs = self.ok = self.no_face = self.errors = self.skipped = 0
         self.faces = self.judged = self.fooled = self.redetected = 0
         self.psnr_sum = self.ssim_sum = 0.0
         self.quality_n = 0
+        # every face's finite quality figures (float32, as the manifest holds them): for p10/min
+        self.face_quality: dict[str, array] = {m: array("f") for m in FACE_QUALITY}
         self.reasons: dict[str, int] = {}
 
     def add_all(self, rows) -> "Tally":
@@ -587,6 +605,10 @@ class Tally:
                 if f.get("judged"):
                     self.judged += 1
                     self.fooled += bool(f.get("fooled"))
+                for m, values in self.face_quality.items():
+                    v = f.get(m)
+                    if v is not None and np.isfinite(v):
+                        values.append(v)
             if r.get("psnr") is not None and np.isfinite(r["psnr"]):
                 self.psnr_sum += r["psnr"]
                 self.ssim_sum += r["ssim"]
@@ -608,6 +630,7 @@ class Tally:
             "fooling_rate": (self.fooled / self.judged) if self.judged else None,
             "psnr_mean": (self.psnr_sum / self.quality_n) if self.quality_n else None,
             "ssim_mean": (self.ssim_sum / self.quality_n) if self.quality_n else None,
+            **{f"{m}_{k}": v for m, values in self.face_quality.items() for k, v in spread(values).items()},
             "seconds": seconds,
             "images_per_second": processed / seconds if seconds > 0 else None,
             "error_reasons": self.reasons,

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from facepriv.attacks.embed_pgd import QualityTerm, embed_pgd
-from facepriv.attacks.perceptual import ssimulacra2
-from facepriv.geometry import quality_box
+from facepriv.perceptual import ssimulacra2
+from facepriv.geometry import quality_region
 
 from test_embed_pgd import _models, _regions
 
@@ -92,6 +92,6 @@ def test_face_psnr_ball_holds_and_eps_still_caps():
     assert d.abs().max() <= 12 + 1e-3
 
 
-def test_quality_box_grows_the_box_and_clips():
-    assert quality_box((10, 20, 110, 140), 200, 200) == (0, 8, 120, 152)
-    assert quality_box((150, 150, 199, 199), 200, 200)[2:] == (200, 200)
+def test_quality_region_grows_the_box_and_clips():
+    assert quality_region((10, 20, 110, 140), 200, 200) == (0, 8, 120, 152)
+    assert quality_region((150, 150, 199, 199), 200, 200)[2:] == (200, 200)

@@ -149,7 +149,7 @@ def _gradient(models, xin, var, clean, dec, extra=None):
 
 class QualityTerm:
     """A perceptual term in the attack's loss: for each face, weight * max(0, target - S) / 100,
-    S the differentiable SSIMULACRA2 (`facepriv.attacks.perceptual`) of its quality box
+    S the differentiable SSIMULACRA2 (`facepriv.perceptual`) of its quality box
     (`boxes[i]` = (x0, y0, x1, y1) in region pixels) in what the file will hold against the
     original. Below the target the attack trades embedding shift for quality on the face."""
 
@@ -159,7 +159,7 @@ class QualityTerm:
         self.last: torch.Tensor | None = None
 
     def penalty(self, x: torch.Tensor, xin: torch.Tensor) -> torch.Tensor:
-        from .perceptual import ssimulacra2
+        from ..perceptual import ssimulacra2
 
         scores = torch.cat([ssimulacra2(x[i : i + 1, :, y0:y1, x0:x1], xin[i : i + 1, :, y0:y1, x0:x1])
                             for i, (x0, y0, x1, y1) in enumerate(self.boxes)])

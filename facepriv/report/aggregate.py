@@ -7,7 +7,10 @@ Conventions (the same as `facepriv.pipeline.Tally`):
 - rows with status "skipped" are not counted (their files belong to an earlier run);
 - a face counts towards a fooling rate when `judged` is true; `fooled` is read from the
   re-read written file;
-- quality (PSNR/SSIM) comes from "ok"/"no_face" rows with a finite value.
+- quality (PSNR/SSIM) comes from "ok"/"no_face" rows with a finite value: per photo (`psnr`,
+  `ssim`) and per face on its quality region (`face_psnr`, `face_ssim`, `face_ssimulacra2`,
+  measured on the written file read back; the whole photo's untouched background flatters
+  the photo figures).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ Row = dict[str, Any]
 
 COUNTED = ("ok", "no_face", "error")
 TIMINGS = ("t_read", "t_detect", "t_attack", "t_write", "t_judge", "t_total")
+FACE_QUALITY = ("face_psnr", "face_ssim", "face_ssimulacra2")  # = pipeline.FACE_QUALITY
 
 
 def rate(num: int, den: int) -> float | None:
@@ -103,11 +107,11 @@ def _num(v: Any) -> Any:
 
 
 def distribution(values: Iterable[float | None], bins: int = 10) -> dict[str, Any]:
-    """n, mean, std, min, p05, median, p95, max and a histogram of the finite values."""
+    """n, mean, std, min, p05, p10, median, p95, max and a histogram of the finite values."""
     v = sorted(float(x) for x in values if x is not None and math.isfinite(float(x)))
     if not v:
-        return {"n": 0, "mean": None, "std": None, "min": None, "p05": None, "median": None, "p95": None,
-                "max": None, "hist": {"edges": [], "counts": []}}
+        return {"n": 0, "mean": None, "std": None, "min": None, "p05": None, "p10": None, "median": None,
+                "p95": None, "max": None, "hist": {"edges": [], "counts": []}}
     n = len(v)
     mean = sum(v) / n
     std = math.sqrt(sum((x - mean) ** 2 for x in v) / n)
@@ -117,8 +121,9 @@ def distribution(values: Iterable[float | None], bins: int = 10) -> dict[str, An
     for x in v:
         counts[min(bins - 1, int((x - lo) / width))] += 1
     edges = [lo + i * width for i in range(bins + 1)]
-    return {"n": n, "mean": mean, "std": std, "min": lo, "p05": quantile(v, 0.05), "median": quantile(v, 0.5),
-            "p95": quantile(v, 0.95), "max": hi, "hist": {"edges": edges, "counts": counts}}
+    return {"n": n, "mean": mean, "std": std, "min": lo, "p05": quantile(v, 0.05), "p10": quantile(v, 0.10),
+            "median": quantile(v, 0.5), "p95": quantile(v, 0.95), "max": hi,
+            "hist": {"edges": edges, "counts": counts}}
 
 
 def quantile(sorted_values: Sequence[float], q: float) -> float:
@@ -130,8 +135,12 @@ def quantile(sorted_values: Sequence[float], q: float) -> float:
 
 
 def quality(rows: Iterable[Row]) -> dict[str, Any]:
+    """Distributions of the photo figures (psnr, ssim) and of the face figures (FACE_QUALITY)."""
     rs = [r for r in counted(rows) if r.get("status") in ("ok", "no_face")]
-    return {"psnr": distribution(r.get("psnr") for r in rs), "ssim": distribution(r.get("ssim") for r in rs)}
+    out = {"psnr": distribution(r.get("psnr") for r in rs), "ssim": distribution(r.get("ssim") for r in rs)}
+    for m in FACE_QUALITY:
+        out[m] = distribution(f.get(m) for r in rs for f in faces_of(r))
+    return out
 
 
 # --------------------------------------------------------------------------- photos, errors, timings
@@ -207,6 +216,8 @@ def run_record(run_id: str, rows: Sequence[Row], judges: dict[str, dict[str, Any
         "fooling_rate": fo["fooling_rate"], "faces_redetected": fo["redetected"],
         "psnr_mean": q["psnr"]["mean"], "ssim_mean": q["ssim"]["mean"],
         "psnr_min": q["psnr"]["min"], "ssim_min": q["ssim"]["min"],
+        "psnr_p10": q["psnr"]["p10"], "ssim_p10": q["ssim"]["p10"],
+        **{f"{m}_{k}": q[m][k] for m in FACE_QUALITY for k in ("mean", "p10", "min")},
         "judges": {name: judge_summary(res) for name, res in (judges or {}).items()},
         "robustness": {t: {"fooling_rate": v.get("fooling_rate"), "judged": v.get("judged"),
                            "fooled": v.get("fooled"),

@@ -281,6 +281,8 @@ def print_runs(report: dict[str, Any], file=None) -> None:
         print(f"judge {n}: {js['metric']} distance, threshold {js['threshold']:g}; {ident}; "
               f"verification against the {js['verify_against']}", file=file)
     head = ["run", "attack", "eps", "faces", "judged", "fooling", "PSNR", "SSIM"]
+    head = ["run", "attack", "eps", "faces", "judged", "fooling", "PSNR", "SSIM",
+            "face PSNR mean/p10/min", "face SSIM mean/p10/min", "face SSIMULACRA2 mean/p10/min"]
     for n in judge_names:
         head += [f"{n} clean acc", f"{n} protect", f"{n} verify protect"]
     for t in transforms:
@@ -288,7 +290,8 @@ def print_runs(report: dict[str, Any], file=None) -> None:
     lines = [" | ".join(head)]
     for r in report["runs"]:
         cells = [r["run_id"], str(r["attack"]), str(r["eps"]), str(r["faces"]), str(r["faces_judged"]),
-                 _p(r["fooling_rate"]), _f(r["psnr_mean"], 2), _f(r["ssim_mean"], 4)]
+                 _p(r["fooling_rate"]), _f(r["psnr_mean"], 2), _f(r["ssim_mean"], 4),
+                 *(_spread(r, m, d) for m, d in (("face_psnr", 2), ("face_ssim", 4), ("face_ssimulacra2", 1)))]
         for n in judge_names:
             j = r["judges"].get(n, {})
             cells += [_p(j.get("clean_accuracy")), _p(j.get("protection_rate")), _p(agg.verification_rate(j))]
@@ -312,3 +315,8 @@ def _p(v: float | None) -> str:
 
 def _f(v: float | None, d: int) -> str:
     return "-" if v is None else f"{v:.{d}f}"
+
+
+def _spread(rec: dict[str, Any], metric: str, d: int) -> str:
+    """A run's mean/p10/min of a per-face quality figure, in one cell."""
+    return "/".join(_f(rec.get(f"{metric}_{k}"), d) for k in ("mean", "p10", "min"))
