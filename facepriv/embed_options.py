@@ -6,8 +6,9 @@ attack group (their defaults are None so that a preset can tell what the user se
 `apply_preset(args)` fills every option the user left unset from the named preset, then the
 plain defaults, and refuses floors no face can meet.
 
-The `protect` preset is the best configuration measured on lfw50 (dlib as the unseen
-judge; see README "Label-free cloaks"), on the installed surrogates (`PREFERRED`).
+The presets (`PRESETS`: discreet, protect, strong) are configurations tuned on lfw50 with
+dlib and SFace as unseen judges and the face's quality as the budget (README "Presets"), on
+the installed surrogates (`PREFERRED`).
 """
 
 from __future__ import annotations
@@ -16,19 +17,28 @@ import argparse
 
 from .errors import FacePrivError, UsageError
 
-# Values for the options a user did not give. "surrogate": None = every installed surrogate.
+# Values for the options a user did not give. "surrogate": None = the installed surrogates
+# (PREFERRED). The three presets trade protection for quality on the face: each face's change
+# is crafted inside an L2 ball on the face (--face-psnr) with a SSIMULACRA 2 term in the loss
+# (--quality-target), then scaled down, face by face, until the written file meets the floors
+# (--min-psnr on the face, --min-face-quality). Tuned on lfw50 (README "Presets").
+_COMMON = {"attack": "embed-pgd", "surrogate": None, "embed_loss": "decoy", "steps": 20, "alpha": None,
+           "momentum": 1.0, "input_diversity": 0.5, "ti_sigma": 0.0, "texture_mask": 0.0, "min_ssim": None,
+           "quality_weight": 1.0}
 PRESETS: dict[str, dict] = {
-    "protect": {
-        "attack": "embed-pgd", "surrogate": None, "embed_loss": "decoy", "eps": 12.0, "steps": 20,
-        "alpha": None, "momentum": 1.0, "input_diversity": 0.5, "ti_sigma": 0.0, "texture_mask": 15.0,
-        "min_psnr": 35.0, "min_ssim": 0.95,
-    },
+    "discreet": {**_COMMON, "eps": 8.0, "face_psnr": 39.0, "quality_target": 73.0, "min_psnr": 38.0,
+                 "min_face_quality": 70.0},
+    "protect": {**_COMMON, "eps": 12.0, "face_psnr": 35.5, "quality_target": 53.0, "min_psnr": 35.0,
+                "min_face_quality": 50.0},
+    "strong": {**_COMMON, "eps": 16.0, "face_psnr": 32.0, "quality_target": 35.0, "min_psnr": None,
+               "min_face_quality": 30.0},
 }
 
 # Among the installed surrogates, a preset uses these when any is installed, else all of them.
 # Measured on lfw50 (README "Label-free cloaks"): mobilefacenet alone transfers best to dlib
-# under the PSNR/SSIM budget; adding mobileface to the ensemble halved dlib protection.
-PREFERRED: dict[str, tuple[str, ...]] = {"protect": ("mobilefacenet",)}
+# under the PSNR/SSIM budget; adding mobileface to the ensemble halved dlib protection (and
+# with each surrogate's gradient normalised, under the face-PSNR ball: dlib 0.37 vs 0.50).
+PREFERRED: dict[str, tuple[str, ...]] = {name: ("mobilefacenet",) for name in PRESETS}
 
 # Options whose CLI default is None (so a preset can tell what the user set); without a
 # preset they take CloakSettings' own defaults.
@@ -72,7 +82,7 @@ def add_embed_options(a: argparse._ArgumentGroup) -> None:
                    help="embed-pgd: the same for SSIM on the face region (e.g. 0.95)")
     a.add_argument("--min-face-quality", type=float, default=None, metavar="S",
                    help="embed-pgd: the same for SSIMULACRA 2 on the face region (at most 100 = identical; 90 "
-                        "visually lossless, 70 high, 50 medium quality; a JPEG q95 re-save alone scores ~90-95)")
+                        "visually lossless, 70 high, 50 medium quality; a JPEG q95 re-save of a face alone scores ~88-91)")
     a.add_argument("--texture-mask", type=float, default=None, metavar="T",
                    help="embed-pgd: per-pixel eps shaped like SSIM's tolerance - full eps where the local contrast "
                         "(std of luma in an 11-px Gaussian window, 0-255) reaches T, less in flat skin and sky "
@@ -89,13 +99,15 @@ def add_embed_options(a: argparse._ArgumentGroup) -> None:
     a.add_argument("--quality-weight", type=float, default=None, metavar="W",
                    help="embed-pgd: weight of that term: W x (S - score) / 100 per face against the cosine "
                         "loss (default 1)")
-    a.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="protect: the best label-free configuration measured against an unseen recogniser (dlib) - "
-                        "embed-pgd on the installed surrogates (`facepriv models install`; mobilefacenet when installed, "
-                        "else all of them), "
-                        + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in PRESETS["protect"].items()
-                                    if k not in ("attack", "surrogate") and v is not None)
-                        + "; options you give explicitly override it")
+    a.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="the protection / face-quality trade-off, embed-pgd on the installed surrogates (`facepriv "
+                        "models install`; mobilefacenet when installed, else all of them): discreet (every face "
+                        "SSIMULACRA 2 >= 70, face PSNR >= 38), protect (>= 50, face PSNR >= 35; the recommendation) "
+                        "or strong (>= 30); see the README's table for the protection each gives. "
+                        + "; ".join(name + ": " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in p.items()
+                                                        if k not in ("attack", "surrogate") and v is not None)
+                                    for name, p in PRESETS.items())
+                        + ". Options you give explicitly override it")
 
 
 def apply_preset(args: argparse.Namespace) -> None:

@@ -221,6 +221,10 @@ def test_preset_protect_fills_unset_options_and_explicit_flags_win(tmp_path, mon
     assert s.attack == "embed-pgd" and s.surrogate == "mobilefacenet"  # the preferred one when installed
     assert (s.eps, s.steps, s.momentum, s.input_diversity, s.min_psnr, s.texture_mask) == (
         p["eps"], p["steps"], p["momentum"], p["input_diversity"], p["min_psnr"], p["texture_mask"])
+    assert (s.face_psnr, s.quality_target, s.min_face_quality) == (p["face_psnr"], p["quality_target"], 50.0)
+    for name, floor in (("discreet", 70.0), ("strong", 30.0)):  # the other two presets, their own floors
+        s = settings_from_args(build_parser().parse_args(["cloak", "a", "b", "--preset", name]))
+        assert s.attack == "embed-pgd" and s.min_face_quality == floor and s.eps == PRESETS[name]["eps"]
     (tmp_path / "models" / "mobilefacenet.pt").unlink()
     s = settings_from_args(build_parser().parse_args(["cloak", "a", "b", "--preset", "protect"]))
     assert s.surrogate == "faceres"  # else every installed one

@@ -243,7 +243,7 @@ def test_new_option_is_declared_once_hashed_and_checked(tmp_path):
     from facepriv.pipeline import EMBED_FIELDS, CloakSettings
 
     assert "min_face_quality" in PRESETTABLE and "min_face_quality" in EMBED_FIELDS
-    assert "min_face_quality" not in PRESETS["protect"]  # presets are retuned later
+    assert [PRESETS[n]["min_face_quality"] for n in ("discreet", "protect", "strong")] == [70.0, 50.0, 30.0]
     s = settings_from_args(build_parser().parse_args(
         ["cloak", "a", "b", "--attack", "embed-pgd", "--surrogate", "x.pt", "--min-face-quality", "70"]))
     assert s.min_face_quality == 70.0
