@@ -29,9 +29,18 @@ META_DIR = "_facepriv"
 
 
 def storage_options(url: str, endpoint: str | None = None, retries: int = 5) -> dict[str, Any]:
-    """fsspec options for a URL. Credentials come from the standard AWS variables."""
+    """fsspec options for a URL. Credentials come from the standard AWS variables.
+
+    Retrying is facepriv's alone (`Archive.retries` attempts per call, see `_retry`): botocore
+    is held to one attempt per request (`total_max_attempts: 1`; its `max_attempts` counts
+    *retries*, so it would add N+1 attempts per facepriv attempt) and s3fs to one pass through
+    its own retry loop (`S3FileSystem.retries = 1`, set on the Archive's file system: s3fs takes
+    no such option). `--retries N` is then N attempts in total, not N x (N+1) x s3fs's 5.
+    `retries` is accepted for a uniform signature; the count lives on the Archive.
+    """
+    del retries
     if url.startswith("s3://"):
-        opts: dict[str, Any] = {"config_kwargs": {"retries": {"max_attempts": retries, "mode": "standard"}}}
+        opts: dict[str, Any] = {"config_kwargs": {"retries": {"total_max_attempts": 1, "mode": "standard"}}}
         endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             opts["client_kwargs"] = {"endpoint_url": endpoint}
@@ -43,12 +52,13 @@ def storage_options(url: str, endpoint: str | None = None, retries: int = 5) -> 
 class Archive:
     url: str
     options: dict[str, Any]
-    retries: int = 5  # attempts for transient storage errors (on top of botocore's own)
+    retries: int = 5  # attempts in total per storage call for transient errors (the only retry layer)
 
     def __post_init__(self) -> None:
-        self.retries = max(1, int(self.options.get("config_kwargs", {}).get("retries", {}).get(
-            "max_attempts", self.retries)))
+        self.retries = max(1, int(self.retries))
         self.fs, root = fsspec.core.url_to_fs(self.url, **self.options)
+        if hasattr(self.fs, "call_s3"):
+            self.fs.retries = 1  # s3fs's own retry loop: one pass (facepriv's _retry counts the attempts)
         if self.fs.protocol in ("file", "local") or "file" in self.fs.protocol:
             root = os.path.realpath(root)
         self.root = root.rstrip("/") or "/"
@@ -244,9 +254,14 @@ def is_transient(e: BaseException) -> bool:
         return False
     if isinstance(e, (TimeoutError, ConnectionError)):
         return True
-    code = str(getattr(e, "response", {}).get("Error", {}).get("Code", "")) if hasattr(e, "response") else ""
-    if code:
-        return code in TRANSIENT_CODES
+    # s3fs turns a botocore ClientError into an OSError (e.g. 503 -> EBUSY) whose cause keeps the answer
+    answer = next((getattr(x, "response", None) for x in (e, e.__cause__) if isinstance(
+        getattr(x, "response", None), dict)), None)
+    if answer is not None:
+        code = str(answer.get("Error", {}).get("Code", ""))
+        status = answer.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code or status:
+            return code in TRANSIENT_CODES or status in (500, 502, 503, 504)
     name = type(e).__name__
     if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
                 "ResponseStreamingError", "IncompleteReadError", "ServerDisconnectedError",
@@ -257,9 +272,16 @@ def is_transient(e: BaseException) -> bool:
     return False
 
 
-def _retry(fn, attempts: int = 5, base: float = 0.2, sleep=time.sleep):
-    """Call fn, retrying transient errors with exponential backoff (base * 2**i seconds)."""
+def _sleep(seconds: float) -> None:
+    """The backoff wait of `_retry` (looked up at call time, so a test can replace it here)."""
+    time.sleep(seconds)
+
+
+def _retry(fn, attempts: int = 5, base: float = 0.2, sleep=None):
+    """Call fn at most `attempts` times, retrying transient errors with exponential backoff
+    (base * 2**i seconds, at most 10 s, between attempts; none after the last)."""
     attempts = max(1, int(attempts))
+    sleep = sleep or _sleep
     for i in range(attempts):
         try:
             return fn()

@@ -28,8 +28,10 @@ def add_io_options(p: argparse.ArgumentParser) -> None:
                    help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL, else AWS). "
                         "Credentials come from the standard AWS variables/profiles, never from flags.")
     g.add_argument("--retries", type=int, default=5,
-                   help="attempts per storage call for transient errors (timeouts, 5xx, throttling), with "
-                        "exponential backoff (default 5); a permanent error on one object becomes its error row")
+                   help="attempts in total per photo read, write or S3 listing page for transient errors "
+                        "(timeouts, dropped connections, 5xx, throttling), with exponential backoff from 0.2 s "
+                        "(default 5; botocore's and s3fs's own retries are off, so N means N, not N x N); "
+                        "a permanent error on one object becomes its error row")
 
 
 def add_cloak_options(p: argparse.ArgumentParser) -> None:

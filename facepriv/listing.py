@@ -50,7 +50,7 @@ class ListingSource(Datasource):
         src, endpoint, retries, rows = self.src, self.s3_endpoint, self.retries, self.block_rows
 
         def read() -> Iterator[pa.Table]:
-            archive = Archive(src, storage_options(src, endpoint, retries))
+            archive = Archive(src, storage_options(src, endpoint, retries), retries)
             yield from key_blocks(archive.list_images(), rows)
 
         meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)

@@ -156,8 +156,8 @@ class Cloaker:
             torch.set_num_threads(torch_threads)
         self.settings = settings
         self.run_id = run_id
-        self.src = Archive(src, storage_options(src, s3_endpoint, retries))
-        self.dst = Archive(dst, storage_options(dst, s3_endpoint, retries))
+        self.src = Archive(src, storage_options(src, s3_endpoint, retries), retries)
+        self.dst = Archive(dst, storage_options(dst, s3_endpoint, retries), retries)
         self.device = resolve_device(settings.device)
         self.detector = FaceDetector(
             DetectorSettings(settings.min_face_size, tuple(settings.thresholds), settings.min_prob), self.device

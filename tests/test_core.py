@@ -71,12 +71,34 @@ def test_pgd_within_eps_and_early_stop():
     assert adv.min() >= 0 and adv.max() <= 1
     assert used.max() <= 10
     with torch.no_grad():
-        logits = m(adv)
-    # a face that stopped early is fooled
+        assert F.cross_entropy(m(adv), y) > F.cross_entropy(m(x), y)
+
+
+class _MeanMargin(torch.nn.Module):
+    """Two classes; class 0's logit is 255 * (mean pixel - 0.5): a face's margin in 0-255 units
+    falls by exactly 1 per signed step of alpha = 1/255."""
+
+    def forward(self, x):
+        s = 255 * (x.flatten(1).mean(1) - 0.5)
+        return torch.stack([s, torch.zeros_like(s)], 1)
+
+
+def test_pgd_early_stop_stops_a_fooled_face_and_runs_the_others():
+    # margins 1.5 and 10: the first face is fooled after 2 steps (1.5 -> 0.5 -> -0.5) and stops
+    # there; the second cannot be fooled within eps 4 and uses all 10 steps
+    x = torch.stack([torch.full((3, 8, 8), 0.5 + 1.5 / 255), torch.full((3, 8, 8), 0.5 + 10 / 255)])
+    m, y = _MeanMargin(), torch.zeros(2, dtype=torch.long)
+    adv, used = pgd(m, x, y, eps=4, steps=10)
+    assert used.tolist() == [2, 10]
     early = used < 10
-    assert (logits.argmax(1)[early] != y[early]).all()
+    assert early.any()
     with torch.no_grad():
-        assert F.cross_entropy(logits, y) > F.cross_entropy(m(x), y)
+        assert (m(adv).argmax(1)[early] != y[early]).all()
+        assert (m(adv).argmax(1)[~early] == y[~early]).all()
+    assert torch.allclose((x - adv)[0], torch.full((3, 8, 8), 2 / 255))  # stopped: no third step
+    assert torch.allclose((x - adv)[1], torch.full((3, 8, 8), 4 / 255))  # held at the eps ball
+    _, used = pgd(m, x, y, eps=4, steps=10, early_stop=False)
+    assert used.tolist() == [10, 10]
 
 
 class _AverageSaysFooled(torch.nn.Module):
@@ -275,9 +297,22 @@ def test_cli_cloak_end_to_end_on_local_ray(tmp_path, capsys):
 
 
 def test_memory_trim_is_safe_and_can_be_turned_off(monkeypatch):
+    """trim() calls malloc_trim(0) when libc has it and says so; FACEPRIV_MALLOC_TRIM=0 skips it;
+    without malloc_trim it is a no-op returning False. On glibc (Linux CI) the real call is True."""
+    import platform
+
     from facepriv import memory
 
+    calls: list[int] = []
+    fake = type("Libc", (), {"malloc_trim": staticmethod(lambda pad: calls.append(pad) or 1)})()
+    monkeypatch.setattr(memory, "_libc", fake)
+    assert memory.trim() is True and calls == [0]
     monkeypatch.setenv("FACEPRIV_MALLOC_TRIM", "0")
-    assert memory.trim() is False
+    assert memory.trim() is False and calls == [0], "turned off: malloc_trim must not run"
     monkeypatch.delenv("FACEPRIV_MALLOC_TRIM")
-    assert memory.trim() in (True, False)  # True on glibc; never raises elsewhere
+    monkeypatch.setattr(memory, "_libc", False)  # no libc with malloc_trim (musl, macOS)
+    assert memory.trim() is False
+    monkeypatch.setattr(memory, "_libc", None)  # the real library, loaded again
+    assert memory.trim() is (platform.libc_ver()[0] == "glibc")
+
+

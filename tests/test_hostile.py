@@ -269,24 +269,105 @@ def test_permanent_errors_are_not_retried():
         assert f.calls == 1
 
 
-def test_archive_read_retries_count_and_reason(tmp_path):
+def test_archive_read_retries_count_and_reason(tmp_path, monkeypatch):
+    """N attempts, backoff 0.2 s x 2**i between them (none after the last), then the reason."""
+    import facepriv.archive as arch
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(arch, "_sleep", sleeps.append, raising=False)  # where _retry looks it up
     (tmp_path / "a.jpg").write_bytes(b"abc")
     a = Archive(str(tmp_path), {}, retries=3)
     real = a.fs.cat_file
     flaky = _Flaky([TimeoutError("t"), TimeoutError("t")])
     a.fs = type("FS", (), {"cat_file": lambda self, p: (flaky(), real(p))[1]})()
+    assert a.read_bytes("a.jpg") == b"abc" and flaky.calls == 3
+    assert sleeps == [0.2, 0.4]
+    sleeps.clear()
+    flaky.calls, flaky.errors = 0, [TimeoutError("t")] * 3
+    with pytest.raises(InputError, match=r"storage error after 3 attempt\(s\): TimeoutError"):
+        a.read_bytes("a.jpg")
+    assert flaky.calls == 3 and sleeps == [0.2, 0.4]
+
+
+class _BusyS3:
+    """A stand-in S3 endpoint on loopback that fails every request and counts them: it answers
+    503 ServiceUnavailable, or with `drop` closes the connection without answering."""
+
+    def __init__(self, drop: bool = False):
+        self.drop = drop
+
+    def __enter__(self):
+        import http.server
+        import threading
+
+        hits, drop = self.hits, self.drop = [], self.drop
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _busy(self):
+                hits.append(self.command)
+                n = int(self.headers.get("Content-Length") or 0)
+                if n and "Expect" not in self.headers:  # a 100-continue client sends no body
+                    self.rfile.read(n)
+                self.close_connection = True
+                if drop:
+                    return
+                body = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
+                        b"<Message>busy</Message></Error>")
+                self.send_response(503)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _busy
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.endpoint = "http://127.0.0.1:%d" % self.server.server_address[1]
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("drop", [False, True], ids=["503", "dropped"])
+@pytest.mark.parametrize("retries", [1, 3])
+def test_s3_retries_n_means_n_attempts_in_total(retries, drop, monkeypatch):
+    """`--retries N` is N attempts per storage call in total. Before, botocore's `max_attempts: N`
+    (which counts retries: N+1 attempts) and s3fs's own loop (5) ran under facepriv's N: a dropped
+    connection cost 20 requests at --retries 1 and 40 at 3, and a 503 (translated by s3fs into an
+    OSError facepriv did not recognise) got N+1 botocore attempts and no backoff of facepriv's."""
+    pytest.importorskip("s3fs", reason="s3fs is in the [s3] extra")
     import facepriv.archive as arch
 
-    orig = arch.time.sleep
-    arch.time.sleep = lambda s: None
-    try:
-        assert a.read_bytes("a.jpg") == b"abc" and flaky.calls == 3
-        flaky.errors = [TimeoutError("t")] * 3
-        with pytest.raises(InputError, match="after 3 attempt"):
-            a.read_bytes("a.jpg")
-    finally:
-        arch.time.sleep = orig
-    assert Archive("s3://bkt/x", storage_options("s3://bkt/x", "http://127.0.0.1:1", 7)).retries == 7
+    sleeps: list[float] = []
+    monkeypatch.setattr(arch, "_sleep", sleeps.append, raising=False)
+    for k, v in {"AWS_ACCESS_KEY_ID": "AKIAFACEPRIVTEST", "AWS_SECRET_ACCESS_KEY": "x",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    with _BusyS3(drop) as srv:
+        url = "s3://busy/in"
+        a = Archive(url, storage_options(url, srv.endpoint, retries), retries)
+        assert a.retries == retries
+        calls = {"read": lambda: a.read_bytes("a.jpg"), "list": lambda: list(a.list_images()),
+                 "write": lambda: a.write_bytes("b.jpg", b"xyz")}
+        for what, call in calls.items():
+            srv.hits.clear()
+            sleeps.clear()
+            with pytest.raises(Exception) as ei:  # noqa: PT011 - each call has its own error type
+                call()
+            if drop:  # aiohttp resends an idempotent request once when the connection drops
+                assert retries <= len(srv.hits) <= 2 * retries, (what, srv.hits)  # (RFC 9112 9.3.1)
+            else:
+                assert len(srv.hits) == retries, (what, srv.hits)
+            assert sleeps == [0.2 * 2**i for i in range(retries - 1)], what
+            if what == "read":
+                assert ei.type is InputError and f"after {retries} attempt(s)" in str(ei.value)
 
 
 def test_reasons_are_readable_for_raw_bytes():
