@@ -298,9 +298,16 @@ def test_ray_job_submit_driver_killed_then_resumed(model, tmp_path):
                 break
             except Exception:  # noqa: BLE001
                 time.sleep(0.5)
-        # 1. a job whose driver is SIGKILLed once its first manifest part is written
-        subprocess.run(ray_cli + ["submit", "--address", url, "--submission-id", "killed", "--no-wait", "--"] + job,
-                       env=env, check=True, capture_output=True, timeout=60)
+        # 1. a job whose driver is SIGKILLed once its first manifest part is written. The job API
+        # answers before the head's job agent is up (on a loaded machine, for tens of seconds):
+        # Ray then refuses with "No available agent to submit job, please try again later"
+        for _ in range(60):
+            sub = subprocess.run(ray_cli + ["submit", "--address", url, "--submission-id", "killed", "--no-wait",
+                                            "--"] + job, env=env, capture_output=True, text=True, timeout=60)
+            if sub.returncode == 0 or "No available agent" not in sub.stdout + sub.stderr:
+                break
+            time.sleep(2)
+        assert sub.returncode == 0, sub.stdout[-2000:] + sub.stderr[-2000:]
         runs = dst / "_facepriv" / "runs"
         for _ in range(600):
             if list(runs.glob("*/manifest/*.parquet")):
