@@ -280,6 +280,8 @@ def test_ray_job_submit_driver_killed_then_resumed(model, tmp_path):
     head = subprocess.Popen(
         [str(bindir / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
          "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true", f"--temp-dir={tmp}",
+         # the job agent's own port (default 52365) is taken when another Ray instance runs here
+         f"--dashboard-agent-listen-port={_free_port()}",
          "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
