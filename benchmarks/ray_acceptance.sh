@@ -15,7 +15,7 @@ work="$(mktemp -d /tmp/fpacc.XXXX)"; src="$work/src"; dst="$work/dst"
 mkdir -p "$work/code"; git archive HEAD | tar -x -C "$work/code"
 free() { python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free); dash=$(free); url="http://127.0.0.1:$dash"
-setsid ray start --head --block --port="$port" --dashboard-port="$dash" --num-cpus=2 --num-gpus=0 \
+setsid ray start --head --block --port="$port" --dashboard-port="$dash" --dashboard-agent-listen-port="$(free)" --num-cpus=2 --num-gpus=0 \
     --temp-dir="$work/ray" --disable-usage-stats >"$work/head.log" 2>&1 &
 head=$!
 # its own session: SIGTERM to the group stops exactly the head this script started
