@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from facepriv.faces import FaceDetector  # noqa: E402
+from facepriv.pipeline.faces import FaceDetector  # noqa: E402
 from facepriv.judges import central_face, faces_from_detection, get_judge, pairwise_distances  # noqa: E402
 from facepriv.judges.base import IMAGE_EXTS  # noqa: E402
 

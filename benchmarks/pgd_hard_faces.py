@@ -31,10 +31,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from facepriv import geometry, imageio  # noqa: E402
+from facepriv.core import geometry
+from facepriv.io import imageio  # noqa: E402
 from facepriv.attacks.base import margin  # noqa: E402
 from facepriv.attacks.pgd import pgd  # noqa: E402
-from facepriv.faces import FaceDetector  # noqa: E402
+from facepriv.pipeline.faces import FaceDetector  # noqa: E402
 from facepriv.models.checkpoint import load_checkpoint  # noqa: E402
 
 

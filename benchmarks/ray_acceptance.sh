@@ -29,7 +29,7 @@ job() { ray job submit --address "$url" --working-dir "$work/code" -- python job
           --model "$model" --attack fgsm --eps 8 --labels folder --batch-size 4 --log-every 5; }
 latest() { python - "$dst" <<'PY'
 import json, sys, pathlib
-from facepriv import manifest; from facepriv.archive import Archive; from facepriv import imageio
+from facepriv import manifest; from facepriv.io.archive import Archive; from facepriv import imageio
 dst = pathlib.Path(sys.argv[1]); runs = sorted((dst / "_facepriv/runs").iterdir())
 s = json.loads((runs[-1] / "summary.json").read_text())
 a = Archive(str(dst), {}); rows = manifest.read_manifest(a.fs, str(runs[-1] / "manifest")).to_pylist()

@@ -4,9 +4,9 @@
 
 All three runs cloak the same photos with the same settings (fgsm, judged on the written
 files) in one process, each into a fresh DST, with one torch thread per worker:
-  in-process  facepriv.runner.run_in_process (Cloaker.process in a plain loop)
-  ray x1      facepriv.runner.run_cloak, 1 worker actor
-  ray x2      facepriv.runner.run_cloak, 2 worker actors
+  in-process  facepriv.distributed.runner.run_in_process (Cloaker.process in a plain loop)
+  ray x1      facepriv.distributed.runner.run_cloak, 1 worker actor
+  ray x2      facepriv.distributed.runner.run_cloak, 2 worker actors
   procs x1/x2 the in-process loop in 1 or 2 separate processes at once (no Ray at all): the
               scaling this machine allows for this workload, the ceiling for ray x2 / ray x1
 Two rates are printed per run: end-to-end (wall time of the call: listing, actor start, model
@@ -49,8 +49,8 @@ def steady_rate(dst: Path, run_id: str) -> float:
     finished after it over the time to the last one. Measured the same way for every run (the
     driver sees Ray's results in bursts, so arrival times at the driver would be misleading).
     """
-    from facepriv import manifest
-    from facepriv.archive import Archive
+    from facepriv.io import manifest
+    from facepriv.io.archive import Archive
 
     a = Archive(str(dst), {})
     rows = manifest.read_manifest(a.fs, f"{a.root}/_facepriv/runs/{run_id}/manifest").to_pylist()
@@ -67,8 +67,8 @@ def steady_rate(dst: Path, run_id: str) -> float:
 CHILD = """
 import json, sys, torch
 torch.set_num_threads(1)
-from facepriv.pipeline import CloakSettings
-from facepriv.runner import run_in_process
+from facepriv.core.settings import CloakSettings
+from facepriv.distributed.runner import run_in_process
 src, dst, model, bs = sys.argv[1:5]
 s = run_in_process(src, dst, CloakSettings(model=model, attack="fgsm", eps=8, labels="folder"), batch_size=int(bs))
 print(json.dumps({"inputs": s["inputs"], "errors": s["errors"], "seconds": s["seconds"]}))
@@ -104,8 +104,8 @@ def main() -> int:
 
     import torch
 
-    from facepriv.pipeline import CloakSettings
-    from facepriv.runner import init_ray, run_cloak, run_in_process
+    from facepriv.core.settings import CloakSettings
+    from facepriv.distributed.runner import init_ray, run_cloak, run_in_process
 
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="fpbench"))

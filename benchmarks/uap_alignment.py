@@ -17,7 +17,7 @@ on the held-out test crops the model classifies correctly:
 
 LFW photos are 250x250 with faces of ~100-130 px, so the judge of a written file sees `box 110
 +jitter`, not `grid`. Crops datasets come from `facepriv uap fit` (OUT's stem + .crops.parquet)
-or `facepriv.crops.extract`.
+or `facepriv.pipeline.crops.extract`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from facepriv import crops as crops_mod  # noqa: E402
+from facepriv.pipeline import crops as crops_mod  # noqa: E402
 from facepriv.attacks import base as attack_base  # noqa: E402
 from facepriv.attacks import uap_robust  # noqa: E402
 from facepriv.attacks.uap import project  # noqa: E402

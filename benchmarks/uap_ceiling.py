@@ -39,16 +39,18 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from facepriv import geometry, imageio  # noqa: E402
-from facepriv.archive import Archive, storage_options  # noqa: E402
+from facepriv.core import geometry
+from facepriv.io import imageio  # noqa: E402
+from facepriv.io.archive import Archive, storage_options  # noqa: E402
 from facepriv.attacks.base import margin  # noqa: E402
 from facepriv.attacks.uap import project  # noqa: E402
 from facepriv.attacks.uap_robust import step_size  # noqa: E402
-from facepriv.faces import Detection, FaceDetector  # noqa: E402
+from facepriv.pipeline.faces import Detection, FaceDetector  # noqa: E402
 from facepriv.models.checkpoint import load_checkpoint  # noqa: E402
-from facepriv.pipeline import CloakSettings, _match  # noqa: E402
-from facepriv.runner import run_in_process  # noqa: E402
-from facepriv.uap_apply import add_universal  # noqa: E402
+from facepriv.core.settings import CloakSettings
+from facepriv.pipeline.judge import match_faces as _match  # noqa: E402
+from facepriv.distributed.runner import run_in_process  # noqa: E402
+from facepriv.strategies.uap import add_universal  # noqa: E402
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from facepriv import crops as crops_mod  # noqa: E402
+from facepriv.pipeline import crops as crops_mod  # noqa: E402
 from facepriv.attacks.uap import clean_predictions, fooling_rate, universal_perturbation  # noqa: E402
 from facepriv.models.checkpoint import load_checkpoint  # noqa: E402
 

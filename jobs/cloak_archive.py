@@ -4,8 +4,8 @@
         python jobs/cloak_archive.py s3://photos/archive s3://photos/cloaked --model s3://models/model.pt \\
             --attack pgd --eps 4 --gpus-per-worker 1
 
-Same options and the same code path as `facepriv cloak` (facepriv.cli.cmd_cloak ->
-facepriv.runner.run_cloak); Ray sets $RAY_ADDRESS for the job, so it joins the cluster. In a
+Same options and the same code path as `facepriv cloak` (facepriv.cli.cloak.cmd_cloak ->
+facepriv.distributed.runner.run_cloak); Ray sets $RAY_ADDRESS for the job, so it joins the cluster. In a
 job the tqdm bar is off and a progress line is logged every 10 s (`--log-every`) for
 `ray job logs`. Exit status: 0 when the run completed (bad photos are manifest rows with
 status error, not a failure), 2 for a usage/input error, 1 when the run itself failed.
@@ -20,7 +20,9 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # --working-dir .
 
-from facepriv.cli import add_cloak_options, cmd_cloak  # noqa: E402
+from facepriv.cli.options import add_cloak_options
+
+from facepriv.cli.cloak import cmd_cloak  # noqa: E402
 from facepriv.errors import FacePrivError  # noqa: E402
 
 

@@ -4,8 +4,8 @@
         python jobs/fit_universal.py s3://faces/train --model s3://models/model.pt \\
             --xi 10 --delta 0.2 --max-passes 10 --out s3://models/uap.npy --workers 8
 
-Same options and code path as `facepriv uap fit` (facepriv.uap_cli.cmd_fit ->
-facepriv.uap_fit.fit); Ray sets $RAY_ADDRESS for the job, so it joins the cluster. The crops
+Same options and code path as `facepriv uap fit` (facepriv.cli.uap.cmd_fit ->
+facepriv.distributed.uap_fit.fit); Ray sets $RAY_ADDRESS for the job, so it joins the cluster. The crops
 dataset (default OUT's stem + .crops.parquet) must be readable by every worker: on a
 cluster put OUT (or --crops) on shared storage such as s3://. The fooling rate per pass is
 printed for `ray job logs`; v, its history and the sidecar are rewritten after every pass,
@@ -23,7 +23,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # --working-dir .
 
 from facepriv.errors import FacePrivError  # noqa: E402
-from facepriv.uap_cli import add_fit_options, cmd_fit  # noqa: E402
+from facepriv.cli.uap import add_fit_options, cmd_fit  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

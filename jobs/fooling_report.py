@@ -3,7 +3,7 @@
     ray job submit --address http://HEAD:8265 --working-dir . -- \\
         python jobs/fooling_report.py s3://photos/cloaked --judge dlib --gallery s3://photos/enrol
 
-Same options and code path as `facepriv report` (facepriv.report.cli.cmd_report ->
+Same options and code path as `facepriv report` (facepriv.cli.report.cmd_report ->
 facepriv.report.build_report). It runs in the job's driver process (judging is numpy/dlib on
 the finished files, no Ray tasks). Exit status: 0 on success, 2 for a usage/input error, 1
 when the report itself failed.
@@ -19,7 +19,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # --working-dir .
 
 from facepriv.errors import FacePrivError  # noqa: E402
-from facepriv.report.cli import add_report_options, cmd_report  # noqa: E402
+from facepriv.cli.report import add_report_options, cmd_report  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

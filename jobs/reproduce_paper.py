@@ -6,9 +6,9 @@ DATA_DIR/<identity>/<photos> (the paper: 50 people x 15 photos). Steps, all thro
 own code paths:
 1. split per identity: the first 10 photos (sorted by name) train, the rest test, copied to
    OUT/data/{train,test} (DATA_DIR is never written);
-2. train the paper CNN on train (facepriv.train) -> OUT/model.pt; train accuracy from training,
+2. train the paper CNN on train (facepriv.pipeline.train) -> OUT/model.pt; train accuracy from training,
    test accuracy = the surrogate's clean accuracy on the labelled test faces (from the runs);
-3. cloak the test photos (facepriv.runner.run_in_process, --labels folder): FGSM at each
+3. cloak the test photos (facepriv.distributed.runner.run_in_process, --labels folder): FGSM at each
    --fgsm-eps, PGD at --pgd-eps, and the universal perturbation when `facepriv uap` exists;
 4. report (facepriv.report): surrogate fooling rate on the written files, dlib in evasion mode
    (gallery = the 10 train photos per identity), JPEG q85 for every run and all robustness
@@ -37,7 +37,7 @@ def log(msg: str) -> None:
 
 def split(data_dir: str, out: str, n_train: int) -> dict[str, int]:
     """Copy the first n_train photos of each identity to OUT/data/train, the rest to OUT/data/test."""
-    from facepriv.archive import Archive, storage_options
+    from facepriv.io.archive import Archive, storage_options
 
     src = Archive(data_dir, storage_options(data_dir))
     by_id: dict[str, list[str]] = {}
@@ -96,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     from facepriv.models.checkpoint import load_checkpoint
-    from facepriv.pipeline import CloakSettings
-    from facepriv.report import ReportSettings, build_report
+    from facepriv.core.settings import CloakSettings
+    from facepriv.report.build import ReportSettings, build_report
     from facepriv.report.build import print_runs
     from facepriv.report.evaluate import Evaluator
-    from facepriv.runner import run_in_process
-    from facepriv.train import TrainSettings, train
+    from facepriv.distributed.runner import run_in_process
+    from facepriv.pipeline.train import TrainSettings, train
 
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     order = [plan[-1][0]] + [n for n, _ in plan[:-1]]
     cloak(order[0])
     # test accuracy: the surrogate's clean accuracy on the labelled test faces (every run: same clean pass)
-    from facepriv import manifest as mf
-    from facepriv.archive import Archive
+    from facepriv.io import manifest as mf
+    from facepriv.io.archive import Archive
 
     first = Archive(runs[order[0]], {})
     rows = mf.rows_from_table(mf.read_manifest(first.fs, f"{first.root}/_facepriv/runs/{run_ids[order[0]]}"))

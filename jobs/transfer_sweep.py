@@ -172,7 +172,9 @@ def finished_run(dst: str) -> str | None:
 
 
 def cloak(argv: list[str], runner: str) -> None:
-    from facepriv.cli import build_parser, cmd_cloak, settings_from_args
+    from facepriv.cli import build_parser
+    from facepriv.cli.cloak import cmd_cloak
+    from facepriv.cli.options import settings_from_args
 
     args = build_parser().parse_args(argv)
     if runner == "ray":
@@ -180,7 +182,7 @@ def cloak(argv: list[str], runner: str) -> None:
         if rc:
             raise SystemExit(f"transfer_sweep: facepriv {shlex.join(argv)} exited {rc}")
         return
-    from facepriv.runner import run_in_process
+    from facepriv.distributed.runner import run_in_process
 
     s = run_in_process(args.src, args.dst, settings_from_args(args))
     log(f"  cloaked: {s['ok']} ok, {s['no_face']} no face, {s['errors']} errors, {s['faces']} faces, "
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_id = finished_run(dst)
             else:
                 log(f"  cloak run {run_id} already finished; reporting it")
-            from facepriv.report import ReportSettings, build_report
+            from facepriv.report.build import ReportSettings, build_report
 
             rep = build_report([dst], ReportSettings(judges=specs, gallery=gallery, transforms=[JPEG], sample=0,
                                                      run_ids=[run_id], out=os.path.join(out, "reports", c["name"]),

@@ -4,7 +4,7 @@
 
 Per identity folder: photos sorted by name, the first `--gallery` are the gallery, the next
 `--probes` are probes. MTCNN landmarks of the face nearest the image centre, 5-point
-alignment (`facepriv.align`), cosine similarity to the gallery photos, nearest neighbour.
+alignment (`facepriv.core.align`), cosine similarity to the gallery photos, nearest neighbour.
 Landmarks are cached in `--cache` (npz) so reruns are cheap.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facepriv.align import align_faces
+from facepriv.core.align import align_faces
 from facepriv.models.tfjs import PRESETS, find_models, import_tfjs
 
 

@@ -1,4 +1,4 @@
-"""Build the decoy banks for ``--embed-loss decoy`` (facepriv/decoys.py).
+"""Build the decoy banks for ``--embed-loss decoy`` (facepriv/models/decoys.py).
 
     FACEPRIV_HOME=/work/fphome python scripts/make_decoy_bank.py --data ../shared/data/lfw50
 
@@ -9,7 +9,7 @@ surrogate's own 5-point alignment of that region (`JitteredAlign(net, landmarks,
 `embed_strategy` embeds clean faces). An identity's bank row is the mean of its photos' unit
 embeddings, unit-normalised; the bank (N x D float16, the identity names, the surrogate's
 weights sha256) is written as ``<name>-<sha256[:16]>.npz`` into --out (default: the
-package's facepriv/models/decoys; ``$FACEPRIV_HOME/decoys`` for a surrogate of your own).
+package's facepriv/models/decoy_banks/; ``$FACEPRIV_HOME/decoys`` for a surrogate of your own).
 Surrogates: --surrogate specs (default every installed one); all banks of one run share the
 identities, in the same order, as an ensemble needs.
 """
@@ -24,10 +24,11 @@ import time
 import numpy as np
 import torch
 
-from facepriv import geometry, imageio
+from facepriv.core import geometry
+from facepriv.io import imageio
 from facepriv.attacks.embed_pgd import JitteredAlign
-from facepriv.decoys import PACKAGE_DIR, bank_name, save_bank
-from facepriv.faces import DetectorSettings, FaceDetector
+from facepriv.models.decoys import PACKAGE_DIR, bank_name, save_bank
+from facepriv.pipeline.faces import DetectorSettings, FaceDetector
 from facepriv.models.store import installed, load_surrogate, parse_specs, weights_sha256
 
 EXTS = (".jpg", ".jpeg", ".png")

@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import boto3  # noqa: E402
 import hostile  # noqa: E402
 
-from facepriv import manifest  # noqa: E402
-from facepriv.archive import Archive, storage_options  # noqa: E402
+from facepriv.io import manifest  # noqa: E402
+from facepriv.io.archive import Archive, storage_options  # noqa: E402
 
 
 def split(url: str) -> tuple[str, str]:

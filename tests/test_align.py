@@ -1,4 +1,4 @@
-"""facepriv.align: the similarity fit maps landmarks onto the template, the warp puts image
+"""facepriv.core.align: the similarity fit maps landmarks onto the template, the warp puts image
 points where the transform says, gradients reach the photo's pixels, an identity-like
 case reproduces a plain crop, large faces are antialiased, AlignModel fits the geometry
 conventions (packed regions, select)."""
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facepriv.align import (
+from facepriv.core.align import (
     ARCFACE_112,
     AlignModel,
     align_faces,
@@ -150,7 +150,7 @@ class _MeanNet(nn.Module):
 
 
 def test_align_model_on_packed_regions_and_select():
-    from facepriv.geometry import pack
+    from facepriv.core.geometry import pack
 
     r1, r2 = torch.rand(3, 150, 130), torch.rand(3, 260, 240)
     lm1 = _similar(ARCFACE_112, 0.9, 5.0, (15.0, 10.0))

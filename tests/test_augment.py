@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from facepriv.train import TRAIN_SCALE, _augment, _centre
+from facepriv.pipeline.train import TRAIN_SCALE, _augment, _centre
 
 
 def _dot(size: int, loose: int) -> torch.Tensor:

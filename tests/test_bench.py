@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from facepriv import metrics
-from facepriv.models import load_checkpoint
+from facepriv.core import metrics
+from facepriv.models.checkpoint import load_checkpoint
 from facepriv.models.registry import build_model
 
 from helpers import random_checkpoint
@@ -97,7 +97,7 @@ def test_loaded_conv_models_are_channels_last_with_the_same_outputs_and_gradient
 def test_detector_channels_last_finds_the_same_faces_as_stock_mtcnn():
     from facenet_pytorch import MTCNN
 
-    from facepriv.faces import FaceDetector
+    from facepriv.pipeline.faces import FaceDetector
 
     ims = [np.array(Image.open(p).convert("RGB")) for p in sorted(FIXTURES.rglob("*.jpg"))]
     ours = FaceDetector().detect(ims)
@@ -147,7 +147,9 @@ def test_bench_writes_the_report(tmp_path, capsys):
 def test_bench_without_torchattacks_says_how_to_install(monkeypatch, tmp_path):
     import builtins
 
-    from facepriv import bench
+    from facepriv.cli.bench import harness
+
+    bench = harness()
     from facepriv.errors import FacePrivError
 
     real = builtins.__import__

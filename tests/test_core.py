@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from facepriv import geometry, manifest
+from facepriv.core import geometry
+from facepriv.io import manifest
 from facepriv.attacks import fgsm, pgd
 from facepriv.errors import CheckpointError
-from facepriv.models import load_checkpoint, save_checkpoint
+from facepriv.models.checkpoint import load_checkpoint, save_checkpoint
 from facepriv.models.paper_cnn import PaperCNN
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample"
@@ -192,7 +193,7 @@ def test_search_windows_merge_overlaps_and_fall_back_to_the_whole_photo():
 
 
 def test_detect_near_finds_the_faces_detect_finds():
-    from facepriv.faces import FaceDetector
+    from facepriv.pipeline.faces import FaceDetector
 
     canvas = np.full((800, 1200, 3), 128, np.uint8)  # two portraits far apart on a large photo
     for (x, y), f in zip([(40, 60), (860, 480)], sorted((SAMPLE / "test").glob("*/*_0011.jpg"))[:2]):
@@ -301,7 +302,7 @@ def test_memory_trim_is_safe_and_can_be_turned_off(monkeypatch):
     without malloc_trim it is a no-op returning False. On glibc (Linux CI) the real call is True."""
     import platform
 
-    from facepriv import memory
+    from facepriv.runs import memory
 
     calls: list[int] = []
     fake = type("Libc", (), {"malloc_trim": staticmethod(lambda pad: calls.append(pad) or 1)})()

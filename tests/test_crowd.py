@@ -1,5 +1,5 @@
 """Crowds: faces whose regions overlap are attacked separately and their changes composed
-(facepriv.compose via the pipeline's `_run_strategy`): one face's paste never erases a
+(facepriv.core.compose via the pipeline's `_run_strategy`): one face's paste never erases a
 neighbour's cloak, each face's own crop box holds its own change, and the written photo stays
 within eps of the original everywhere."""
 
@@ -10,9 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from facepriv import geometry, imageio
-from facepriv.faces import Detection
-from facepriv.pipeline import Cloaker, CloakSettings
+from facepriv.core import geometry
+from facepriv.io import imageio
+from facepriv.pipeline.faces import Detection
+from facepriv.core.settings import CloakSettings
+from facepriv.pipeline.cloaker import Cloaker
 from facepriv.strategies import REGISTRY
 
 # two faces side by side: their boxes overlap a little, their regions (box + margin) a lot
@@ -103,7 +105,7 @@ def test_the_composed_cloak_does_not_depend_on_chunking(tmp_path, monkeypatch):
 
 
 def test_photo_cloak_resumes_from_the_composed_pixels_and_clips_to_the_image():
-    from facepriv.compose import PhotoCloak
+    from facepriv.core.compose import PhotoCloak
 
     orig = np.full((16, 32, 3), 100, np.uint8)
     orig[:, :4] = 253  # near white: the change is clipped to [0, 255] there

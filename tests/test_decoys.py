@@ -1,4 +1,4 @@
-"""Decoys from a fixed bank (facepriv.decoys) and cloaks that do not depend on batching: a
+"""Decoys from a fixed bank (facepriv.models.decoys) and cloaks that do not depend on batching: a
 face cloaked alone or among other faces gets the same decoy and the same pixels (decoy
 choice, input-diversity draws, alignment and texture map are all per face). Tiny synthetic
 embedders and banks built here; no ../shared needed."""
@@ -12,12 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from facepriv import imageio, manifest
-from facepriv.align import ARCFACE_112, AlignModel
-from facepriv.decoys import bank_name, choose_decoys, find_bank, save_bank
-from facepriv.faces import Detection
+from facepriv.io import imageio
+from facepriv.io import manifest
+from facepriv.core.align import ARCFACE_112, AlignModel
+from facepriv.models.decoys import bank_name, choose_decoys, find_bank, save_bank
+from facepriv.pipeline.faces import Detection
 from facepriv.models import store
-from facepriv.pipeline import Cloaker, CloakSettings
+from facepriv.core.settings import CloakSettings
+from facepriv.pipeline.cloaker import Cloaker
 from facepriv.strategies import FaceItem, make
 
 from test_embed_pgd import TinyEmbedder
@@ -103,7 +105,7 @@ def test_installed_surrogates_have_shipped_banks_with_the_same_identities():
     import glob
     import os
 
-    from facepriv.decoys import PACKAGE_DIR
+    from facepriv.models.decoys import PACKAGE_DIR
 
     files = sorted(glob.glob(os.path.join(PACKAGE_DIR, "*.npz")))
     assert {os.path.basename(f).split("-")[0] for f in files} == {"mobilefacenet", "mobileface", "faceres"}
@@ -201,7 +203,7 @@ SHARED = "/work/shared/models/human-models-3.0.4"
 def test_the_real_surrogates_find_their_shipped_bank(name):
     import os
 
-    from facepriv.decoys import PACKAGE_DIR
+    from facepriv.models.decoys import PACKAGE_DIR
 
     net = store.load_surrogate(os.path.join(SHARED, f"{name}.json"))
     bank = find_bank(store.weights_sha256(net), [PACKAGE_DIR])

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from facepriv.attacks.deepfool import deepfool
-from facepriv.geometry import CropModel
+from facepriv.core.geometry import CropModel
 
 torchattacks = pytest.importorskip("torchattacks")
 

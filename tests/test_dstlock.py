@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from facepriv.archive import Archive
-from facepriv.dstlock import LOCK_KEY, DstBusy, DstLock, lease_state
+from facepriv.io.archive import Archive
+from facepriv.runs.lock import LOCK_KEY, DstBusy, DstLock, lease_state
 
 
 def test_lease_state_decisions():
@@ -26,7 +26,7 @@ def test_a_killed_holder_on_this_host_is_taken_over_at_once(tmp_path):
     import subprocess
     import sys
 
-    from facepriv.dstlock import holder_alive
+    from facepriv.runs.lock import holder_alive
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -91,8 +91,8 @@ def test_force_takes_a_live_lease(tmp_path):
 
 
 def test_cloak_refuses_a_busy_dst_and_leaves_no_lease_behind(tmp_path):
-    from facepriv.pipeline import CloakSettings
-    from facepriv.runner import run_in_process
+    from facepriv.core.settings import CloakSettings
+    from facepriv.distributed.runner import run_in_process
 
     from helpers import random_checkpoint
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from facepriv.align import ARCFACE_112
+from facepriv.core.align import ARCFACE_112
 from facepriv.attacks.embed_pgd import JitteredAlign, embed, embed_pgd, gaussian_kernel, smooth
-from facepriv.decoys import choose_decoys
-from facepriv.embed_strategy import specs_of
-from facepriv.metrics import psnr, ssim
+from facepriv.models.decoys import choose_decoys
+from facepriv.strategies.embed import specs_of
+from facepriv.core.metrics import psnr, ssim
 
 SHARED = "/work/shared/models/human-models-3.0.4"
 
@@ -178,7 +178,7 @@ def test_specs_of():
 @pytest.mark.skipif(not os.path.isdir(SHARED), reason=f"pretrained TF.js models not present at {SHARED}")
 def test_strategy_on_real_model_lowers_cosine_within_budget():
     from facepriv.models.store import load_surrogate
-    from facepriv.pipeline import CloakSettings
+    from facepriv.core.settings import CloakSettings
     from facepriv.strategies import FaceItem, make
 
     spec = os.path.join(SHARED, "mobileface.json")
@@ -205,8 +205,9 @@ def test_strategy_on_real_model_lowers_cosine_within_budget():
 
 
 def test_preset_protect_fills_unset_options_and_explicit_flags_win(tmp_path, monkeypatch):
-    from facepriv.cli import build_parser, settings_from_args
-    from facepriv.embed_options import PRESETS
+    from facepriv.cli import build_parser
+    from facepriv.cli.options import settings_from_args
+    from facepriv.core.settings import PRESETS
     from facepriv.errors import FacePrivError
 
     monkeypatch.setenv("FACEPRIV_HOME", str(tmp_path))
@@ -244,7 +245,9 @@ def test_pipeline_embed_pgd_without_model_or_labels_meets_psnr_budget(tmp_path):
     import shutil
     from pathlib import Path
 
-    from facepriv.pipeline import CloakSettings, Cloaker
+    from facepriv.core.settings import CloakSettings
+
+    from facepriv.pipeline.cloaker import Cloaker
 
     sample = Path(__file__).resolve().parents[1] / "examples" / "sample" / "test"
     src, dst = tmp_path / "src", tmp_path / "dst"

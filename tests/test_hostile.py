@@ -19,8 +19,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hostile  # noqa: E402
 
-from facepriv import imageio, manifest  # noqa: E402
-from facepriv.archive import Archive, _retry, open_pair, safe_key, storage_options  # noqa: E402
+from facepriv.io import imageio
+from facepriv.io import manifest  # noqa: E402
+from facepriv.io.archive import Archive, _retry, open_pair, safe_key, storage_options  # noqa: E402
 from facepriv.errors import CheckpointError, InputError, UsageError  # noqa: E402
 
 CLASSES = ["Colin_Powell", "Gerhard_Schroeder"]
@@ -41,8 +42,8 @@ def rows_of(dst: Path, run_id: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def corpus_run(tmp_path_factory, model):
-    from facepriv.pipeline import CloakSettings
-    from facepriv.runner import run_in_process
+    from facepriv.core.settings import CloakSettings
+    from facepriv.distributed.runner import run_in_process
 
     root = tmp_path_factory.mktemp("hostile")
     src, dst = root / "src", root / "dst"
@@ -112,8 +113,8 @@ def test_gps_stripped_by_default(corpus_run):
 
 
 def test_keep_metadata_keeps_camera_but_not_gps(tmp_path, model):
-    from facepriv.pipeline import CloakSettings
-    from facepriv.runner import run_in_process
+    from facepriv.core.settings import CloakSettings
+    from facepriv.distributed.runner import run_in_process
 
     src = tmp_path / "src"
     src.mkdir()
@@ -142,7 +143,8 @@ def test_pixel_limit_is_configurable_and_checked_before_decoding(monkeypatch):
 
 def test_cli_strict_exit_code(tmp_path, model, monkeypatch):
     """--strict turns error rows into exit status 1; without it the run exits 0 (cli wiring)."""
-    from facepriv import cli, runner
+    from facepriv import cli
+    from facepriv.distributed import runner
 
     calls = []
 
@@ -271,7 +273,7 @@ def test_permanent_errors_are_not_retried():
 
 def test_archive_read_retries_count_and_reason(tmp_path, monkeypatch):
     """N attempts, backoff 0.2 s x 2**i between them (none after the last), then the reason."""
-    import facepriv.archive as arch
+    import facepriv.io.archive as arch
 
     sleeps: list[float] = []
     monkeypatch.setattr(arch, "_sleep", sleeps.append, raising=False)  # where _retry looks it up
@@ -343,7 +345,7 @@ def test_s3_retries_n_means_n_attempts_in_total(retries, drop, monkeypatch):
     connection cost 20 requests at --retries 1 and 40 at 3, and a 503 (translated by s3fs into an
     OSError facepriv did not recognise) got N+1 botocore attempts and no backoff of facepriv's."""
     pytest.importorskip("s3fs", reason="s3fs is in the [s3] extra")
-    import facepriv.archive as arch
+    import facepriv.io.archive as arch
 
     sleeps: list[float] = []
     monkeypatch.setattr(arch, "_sleep", sleeps.append, raising=False)

@@ -305,7 +305,7 @@ def _mean_colour_module(**build):
 def test_embedder_checkpoint_judge(tmp_path, monkeypatch):
     import torch
 
-    from facepriv import align  # noqa: F401 - facepriv's own module: an import error must fail, not skip
+    from facepriv.core import align  # noqa: F401 - facepriv's own module: an import error must fail, not skip
 
     from facepriv.errors import CheckpointError
     from facepriv.models import registry
@@ -343,7 +343,7 @@ SHARED_MODELS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "m
 @pytest.mark.realdata
 @pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_MODELS, "mobileface.json")), reason="../shared/models absent")
 def test_imported_tfjs_model_judges_fixture_faces(tmp_path, lfw_faces):
-    from facepriv import align  # noqa: F401 - facepriv's own module: an import error must fail, not skip
+    from facepriv.core import align  # noqa: F401 - facepriv's own module: an import error must fail, not skip
     from facepriv.models import tfjs
 
     path = str(tmp_path / "mobileface.pt")

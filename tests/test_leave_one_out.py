@@ -10,9 +10,9 @@ import shutil
 
 import pytest
 from test_models_cli import tiny_package
-from test_report import HighFreqJudge, archive  # noqa: F401 - `archive` is a fixture
+from helpers import HighFreqJudge
 
-from facepriv import manifest
+from facepriv.io import manifest
 from facepriv.judges import JUDGES, get_judge, register_judge
 from facepriv.models import store
 from facepriv.models.install import install

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from facepriv.attacks.embed_pgd import QualityTerm, embed_pgd
-from facepriv.perceptual import ssimulacra2
-from facepriv.geometry import quality_region
+from facepriv.core.perceptual import ssimulacra2
+from facepriv.core.geometry import quality_region
 
 from test_embed_pgd import _models, _regions
 

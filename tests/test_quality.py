@@ -1,5 +1,5 @@
-"""Quality on the face: SSIMULACRA 2 (facepriv.metrics, cross-checked against the PyPI package
-`ssimulacra2`), the face quality region, and the per-face budget (facepriv.budget) on the
+"""Quality on the face: SSIMULACRA 2 (facepriv.core.metrics, cross-checked against the PyPI package
+`ssimulacra2`), the face quality region, and the per-face budget (facepriv.core.budget) on the
 bytes that will be written."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facepriv import geometry
-from facepriv.metrics import Ssimulacra2Ref, face_quality, psnr, ssim, ssimulacra2
+from facepriv.core import geometry
+from facepriv.core.metrics import Ssimulacra2Ref, face_quality, psnr, ssim, ssimulacra2
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lfw"
 
@@ -103,8 +103,8 @@ def test_face_quality_measures_the_face_region_not_the_photo():
 def _two_faces(quality: int = 95, amps=(2.0, 10.0), boxes=((70.0, 65.0, 180.0, 195.0), (320.0, 60.0, 430.0, 190.0))):
     """Two fixture faces side by side as one JPEG photo (decoded), and a sign-noise cloak of
     amplitude amps[i] on each face's cloak region (geometry.jpeg_region, as the pipeline)."""
-    from facepriv import imageio
-    from facepriv.budget import Cloak
+    from facepriv.io import imageio
+    from facepriv.core.budget import Cloak
 
     photo = np.concatenate([_photo(), _photo("Gerhard_Schroeder/Gerhard_Schroeder_0001.jpg")], 1)
     buf = io.BytesIO()
@@ -123,7 +123,7 @@ def _two_faces(quality: int = 95, amps=(2.0, 10.0), boxes=((70.0, 65.0, 180.0, 1
 
 def _written(dec, cloaks, scales, quality: int = 95) -> np.ndarray:
     """The photo with the cloaks pasted at `scales`, encoded as the pipeline writes it, decoded."""
-    from facepriv import imageio
+    from facepriv.io import imageio
 
     canvas = dec.rgb.copy()
     for c, s in zip(cloaks, scales):
@@ -134,7 +134,7 @@ def _written(dec, cloaks, scales, quality: int = 95) -> np.ndarray:
 
 
 def test_largest_scale_binary_search():
-    from facepriv.budget import largest_scale
+    from facepriv.core.budget import largest_scale
 
     assert largest_scale(lambda s: s <= 0.3) == pytest.approx(0.3, abs=1 / 256)
     assert largest_scale(lambda s: s <= 0.3) <= 0.3
@@ -146,8 +146,8 @@ def test_largest_scale_binary_search():
 def test_search_window_decodes_like_the_whole_file_inside_the_region(quality):
     """JPEG codes blocks alone: a window on the 16 px grid with a border holds, inside the quality
     region, the very pixels the whole written file holds (4:4:4 at q95, 4:2:0 at q80)."""
-    from facepriv import imageio
-    from facepriv.budget import search_window
+    from facepriv.io import imageio
+    from facepriv.core.budget import search_window
 
     dec, _, cloaks = _two_faces(quality)
     h, w = dec.rgb.shape[:2]
@@ -171,8 +171,8 @@ def test_budget_binds_each_face_region_of_the_encoded_bytes_not_the_photo():
     floor with both at full strength (a whole-photo budget keeps them) while face 1's region does
     not; per face, face 0 keeps its whole cloak, face 1 is scaled until its region of the ENCODED
     bytes meets the floor, and barely more would break it."""
-    from facepriv import imageio
-    from facepriv.budget import Floors, fit_photo
+    from facepriv.io import imageio
+    from facepriv.core.budget import Floors, fit_photo
 
     dec, boxes, cloaks = _two_faces()
     floor = 32.0
@@ -189,8 +189,8 @@ def test_budget_binds_each_face_region_of_the_encoded_bytes_not_the_photo():
 
 
 def test_budget_face_quality_floor_and_all_three_together():
-    from facepriv import imageio
-    from facepriv.budget import Floors, fit_photo
+    from facepriv.io import imageio
+    from facepriv.core.budget import Floors, fit_photo
 
     dec, boxes, cloaks = _two_faces(amps=(3.0, 8.0))
     write = imageio.writer(dec, 95)
@@ -213,8 +213,8 @@ def test_budget_overlapping_faces_and_a_face_of_another_chunk():
     """Face 1's cloak region reaches into face 0's quality region, and a third face (another
     chunk's, `extra`) sits inside face 1's cloak region: after the whole-photo check every
     region of the encoded bytes meets the floor."""
-    from facepriv import imageio
-    from facepriv.budget import Floors, fit_photo
+    from facepriv.io import imageio
+    from facepriv.core.budget import Floors, fit_photo
 
     boxes = ((40.0, 60.0, 150.0, 180.0), (170.0, 60.0, 280.0, 180.0))
     dec, _, cloaks = _two_faces(amps=(2.0, 10.0), boxes=boxes)
@@ -231,19 +231,19 @@ def test_budget_overlapping_faces_and_a_face_of_another_chunk():
 
 
 def test_budget_floor_the_file_cannot_meet_gives_zero_and_stops():
-    from facepriv import imageio
-    from facepriv.budget import Floors, fit_photo
+    from facepriv.io import imageio
+    from facepriv.core.budget import Floors, fit_photo
 
     dec, _, cloaks = _two_faces()
     assert fit_photo(dec.rgb, dec.rgb, cloaks, Floors(psnr=99.0), imageio.writer(dec, 95)) == [0.0, 0.0]
 
 
 def test_new_option_is_declared_once_hashed_and_checked(tmp_path, capsys):
-    from facepriv.cli import build_parser, main, settings_from_args
-    from facepriv.embed_options import PRESETS, PRESETTABLE
-    from facepriv.pipeline import EMBED_FIELDS, CloakSettings
+    from facepriv.cli import build_parser, main
+    from facepriv.cli.options import settings_from_args
+    from facepriv.core.settings import EMBED_FIELDS, PRESETS, CloakSettings
 
-    assert "min_face_quality" in PRESETTABLE and "min_face_quality" in EMBED_FIELDS
+    assert "min_face_quality" in EMBED_FIELDS
     assert [PRESETS[n]["min_face_quality"] for n in ("discreet", "protect", "strong")] == [70.0, 50.0, 30.0]
     s = settings_from_args(build_parser().parse_args(
         ["cloak", "a", "b", "--attack", "embed-pgd", "--surrogate", "x.pt", "--min-face-quality", "70"]))
@@ -286,8 +286,11 @@ def group_src(tmp_path_factory) -> Path:
 
 
 def test_pipeline_records_face_quality_of_the_written_file_and_binds_each_face(group_src, tmp_path, monkeypatch):
-    from facepriv import imageio, manifest
-    from facepriv.pipeline import Cloaker, CloakSettings, summarize
+    from facepriv.io import imageio
+    from facepriv.io import manifest
+    from facepriv.core.settings import CloakSettings
+    from facepriv.pipeline.cloaker import Cloaker
+    from facepriv.pipeline.tally import Tally
 
     floor = 40.0
     s = CloakSettings(attack="embed-pgd", surrogate=_tiny_surrogate(tmp_path, monkeypatch), eps=12, steps=2,
@@ -304,7 +307,7 @@ def test_pipeline_records_face_quality_of_the_written_file_and_binds_each_face(g
         assert f["face_ssim"] == pytest.approx(q["ssim"], rel=1e-5)
         assert f["face_ssimulacra2"] == pytest.approx(q["ssimulacra2"], rel=1e-5)
         assert f["face_psnr"] >= floor and f["face_ssimulacra2"] >= 75.0 and f["linf"] > 0
-    summary = summarize(rows, "run", 1.0)
+    summary = Tally().add_all(rows).summary("run", 1.0)
     ps = sorted(f["face_psnr"] for f in r["faces"])
     assert summary["face_psnr_min"] == pytest.approx(ps[0]) and summary["face_psnr_min"] >= floor
     assert summary["face_psnr_mean"] == pytest.approx(sum(ps) / len(ps))
@@ -313,7 +316,7 @@ def test_pipeline_records_face_quality_of_the_written_file_and_binds_each_face(g
     off = Cloaker(str(group_src), str(tmp_path / "dst-off"), dataclasses.replace(s, judge=False), "run2")
     (r2,) = manifest.to_table(off.process(["two.jpg"])).to_pylist()
     assert r2["faces"] and all(f["face_psnr"] is None and f["face_ssimulacra2"] is None for f in r2["faces"])
-    assert summarize([r2], "run2", 1.0)["face_psnr_mean"] is None
+    assert Tally().add_all([r2]).summary("run2", 1.0)["face_psnr_mean"] is None
 
 
 def _face(psnr_, ssim_, s2):
@@ -322,7 +325,7 @@ def _face(psnr_, ssim_, s2):
 
 
 def test_report_shows_face_mean_p10_min_next_to_the_photo_figures():
-    from facepriv import manifest
+    from facepriv.io import manifest
     from facepriv.report import aggregate as agg
     from facepriv.report import html
     from facepriv.report.build import print_runs
@@ -339,9 +342,9 @@ def test_report_shows_face_mean_p10_min_next_to_the_photo_figures():
     assert rec["face_psnr_p10"] == pytest.approx(30.9)  # linear interpolation, as np.quantile
     assert rec["face_ssimulacra2_min"] == 50.0 and rec["face_ssimulacra2_mean"] == pytest.approx((725 + 100) / 11)
     assert rec["face_ssim_min"] == pytest.approx(0.90) and rec["psnr_mean"] == pytest.approx((200 + 50) / 6)
-    from facepriv.pipeline import summarize
+    from facepriv.pipeline.tally import Tally
 
-    summary = summarize(manifest.to_table(rows).to_pylist(), "r", 1.0)  # float32 through the manifest
+    summary = Tally().add_all(manifest.to_table(rows).to_pylist()).summary("r", 1.0)  # float32 through the manifest
     for k in ("face_psnr_mean", "face_psnr_p10", "face_psnr_min", "face_ssimulacra2_p10"):
         assert summary[k] == pytest.approx(rec[k], rel=1e-6), k
     q = agg.quality(rows)
@@ -388,3 +391,23 @@ def test_ssim_matches_scikit_image_on_fixture_crops():
             assert abs(ours - ref) <= 5e-5, (path.name, ours, ref)
             checked.append(ref)
     assert min(checked) < 0.5 < max(checked) < 1.0  # the cases span a wide range of SSIM
+
+
+def test_cloak_settings_come_from_one_declaration():
+    """Every cloak flag that shapes the cloak defaults to None and names a CloakSettings field,
+    so with no flags the settings are exactly the dataclass defaults (declared once there)."""
+    import dataclasses
+
+    from facepriv.cli import build_parser
+    from facepriv.cli.options import settings_from_args
+    from facepriv.core.settings import CloakSettings
+
+    args = build_parser().parse_args(["cloak", "a", "b"])
+    assert settings_from_args(args) == CloakSettings()
+    fields = {f.name for f in dataclasses.fields(CloakSettings)}
+    shaped = [k for k in vars(args) if k in fields]
+    assert len(shaped) >= 25 and all(getattr(args, k) is None for k in shaped if k not in ("keep_metadata",))
+    given = build_parser().parse_args(["cloak", "a", "b", "--views", "3", "--no-judge", "--thresholds", "0.5", "0.6",
+                                       "0.7", "--jpeg-quality", "90"])
+    s = settings_from_args(given)
+    assert (s.views, s.judge, s.thresholds, s.jpeg_quality) == (3, False, (0.5, 0.6, 0.7), 90)

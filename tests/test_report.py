@@ -13,13 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from facepriv import geometry, manifest
+from facepriv.io import manifest
 from facepriv.report import aggregate as agg
 from facepriv.report import panels as pan
 from facepriv.report.build import ReportSettings, build_report
-from facepriv.report.evaluate import Evaluator, probes_of, surrogate_fooled
+from facepriv.report.evaluate import probes_of, surrogate_fooled
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "lfw")
+from helpers import evaluator
+
 
 
 # --------------------------------------------------------------------------- pure arithmetic
@@ -133,99 +134,6 @@ def test_amplified_perturbation_panel():
 # --------------------------------------------------------------------------- report over files
 
 
-class HighFreqJudge:
-    """A fake judge: mean colour of the face box (x10) and its horizontal high-frequency energy.
-    A fine checkerboard 'cloak' moves the embedding far away; a 0.5 downscale removes it."""
-
-    name = "fake"
-    metric = "euclidean"
-    threshold = 0.6
-
-    def embed(self, image, faces):
-        out = []
-        for f in faces:
-            x0, y0, x1, y1 = (int(round(float(v))) for v in np.asarray(f["box"])[:4])
-            c = image[max(y0, 0):y1, max(x0, 0):x1].astype(np.float64)
-            hf = np.abs(np.diff(c.mean(2), axis=1)).mean()
-            out.append(np.r_[c.reshape(-1, 3).mean(0) / 255 * 10, hf / 20])
-        return np.array(out, np.float32).reshape(len(faces), 4)
-
-
-class NoiseSurrogate:
-    """A fake surrogate: says Colin_Powell unless the face is full of pixel-level noise."""
-
-    classes = ["Colin_Powell", "Gerhard_Schroeder"]
-
-    def classify(self, rgb, boxes):
-        out = []
-        for b in boxes:
-            x0, y0, x1, y1 = (int(round(float(v))) for v in b[:4])
-            g = rgb[max(y0, 0):y1, max(x0, 0):x1].astype(np.float64).mean(2)
-            out.append("Gerhard_Schroeder" if np.abs(np.diff(g, axis=1)).mean() > 20 else "Colin_Powell")
-        return out
-
-
-def checkerboard(rgb, box, amp=30):
-    h, w = rgb.shape[:2]
-    x0, y0, x1, y1 = geometry.face_region(box, w, h)
-    out = rgb.astype(np.int32)
-    yy, xx = np.mgrid[y0:y1, x0:x1]
-    out[y0:y1, x0:x1] += ((((yy + xx) % 2) * 2 - 1) * amp)[..., None]
-    return np.clip(out, 0, 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    """SRC (4 fixture photos as PNG), DST with 2 'cloaked' (checkerboard) and 2 unchanged outputs,
-    and two hand-made runs (fgsm eps 4 and 8) with MTCNN's real boxes."""
-    from facepriv.faces import FaceDetector
-
-    base = tmp_path_factory.mktemp("report")
-    src, dst = base / "src", base / "dst"
-    det = FaceDetector()
-    rows = []
-    for ident in ("Colin_Powell", "Gerhard_Schroeder"):
-        for n in (1, 2):
-            key = f"{ident}/{ident}_000{n}.png"
-            rgb = np.asarray(Image.open(os.path.join(FIXTURES, ident, f"{ident}_000{n}.jpg")).convert("RGB"))
-            (src / ident).mkdir(parents=True, exist_ok=True)
-            (dst / ident).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rgb).save(src / key)
-            d = det.detect([rgb])[0]
-            i = geometry.nearest_to_centre(d.boxes, rgb.shape[1], rgb.shape[0])
-            out = checkerboard(rgb, d.boxes[i]) if n == 1 else rgb
-            Image.fromarray(out).save(dst / key)
-            judged = ident == "Colin_Powell"  # the fake surrogate only knows Colin when clean
-            f = {"box": [float(v) for v in d.boxes[i]], "prob": 0.99,
-                 "landmarks": [float(v) for v in d.landmarks[i].reshape(-1)], "label": ident,
-                 "clean_pred": "Colin_Powell", "cloaked_pred": "Gerhard_Schroeder" if n == 1 else "Colin_Powell",
-                 "judged": judged, "fooled": (n == 1) if judged else None, "redetected": True}
-            rows.append(manifest.empty_row(source_key=key, output_key=key, status="ok", format="PNG", faces=[f],
-                                           n_faces=1, psnr=30.0 if n == 1 else float("inf"), ssim=0.9 if n == 1 else 1.0,
-                                           attack="fgsm", eps=8.0, model="fake.pt", settings_json="{}",
-                                           width=rgb.shape[1], height=rgb.shape[0], t_total=1.0))
-    rows.append(manifest.empty_row(source_key="bad.jpg", output_key="bad.jpg", status="error",
-                                   reason="not an image: the content is no format Pillow can read", attack="fgsm",
-                                   eps=8.0, model="fake.pt"))
-    for rid, eps, fooled_scale in (("R8", 8.0, True), ("R4", 4.0, False)):
-        rr = [dict(r, run_id=rid, eps=eps, faces=[dict(f, fooled=(f["fooled"] and fooled_scale) if f["judged"] else None)
-                                                 for f in r["faces"]]) for r in rows]
-        (dst / "_facepriv" / "runs" / rid / "manifest").mkdir(parents=True)
-        (dst / "_facepriv" / "runs" / rid / "manifest" / "part-00000.parquet").write_bytes(manifest.table_bytes(rr))
-        (dst / "_facepriv" / "runs" / rid / "summary.json").write_text(json.dumps({"src": str(src), "eps": eps}))
-    return {"src": str(src), "dst": str(dst), "base": base}
-
-
-def evaluator(mode="evasion", transforms=("jpeg95", "down0.5"), src=None):
-    from facepriv.judges import Gallery
-
-    j = HighFreqJudge()
-    g = Gallery.from_folder(src, j)
-    ev = Evaluator([j], {"fake": g}, mode, list(transforms), "folder", progress=False)
-    ev._surrogates["fake.pt"] = NoiseSurrogate()
-    return ev
-
-
 @pytest.fixture(scope="module")
 def report(archive):
     out = str(archive["base"] / "report")
@@ -272,7 +180,7 @@ def test_poisoning_mode(archive):
     ev = evaluator("poisoning", transforms=(), src=archive["src"])
     rows = manifest.rows_from_table(manifest.read_manifest(
         __import__("fsspec").filesystem("file"), os.path.join(archive["dst"], "_facepriv", "runs", "R8")))
-    from facepriv.archive import Archive
+    from facepriv.io.archive import Archive
 
     res = ev.evaluate(rows, Archive(archive["src"], {}), Archive(archive["dst"], {}))
     j = res.judges["fake"]

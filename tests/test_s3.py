@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hostile  # noqa: E402
 from helpers import moto_s3  # noqa: E402
 
-from facepriv import manifest  # noqa: E402
-from facepriv.archive import Archive, storage_options  # noqa: E402
+from facepriv.io import manifest  # noqa: E402
+from facepriv.io.archive import Archive, storage_options  # noqa: E402
 
 pytest.importorskip("moto.server", reason="moto[server] is in the [test] extra")
 
@@ -106,7 +106,9 @@ def test_permanent_and_transient_errors_on_s3(s3, model):
     """A vanished object is that object's error row; a flaky GET is retried and succeeds."""
     from botocore.exceptions import ClientError
 
-    from facepriv.pipeline import Cloaker, CloakSettings
+    from facepriv.core.settings import CloakSettings
+
+    from facepriv.pipeline.cloaker import Cloaker
 
     endpoint, client = s3
     face = hostile.FACE.read_bytes()

@@ -20,10 +20,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from facepriv import incremental as inc
-from facepriv import manifest
-from facepriv.archive import Archive
-from facepriv.listing import key_blocks
+from facepriv.runs import incremental as inc
+from facepriv.io import manifest
+from facepriv.io.archive import Archive
+from facepriv.distributed.listing import key_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "sample" / "test"
@@ -58,7 +58,7 @@ def run_rows(dst: Path, run_id: str) -> list[dict]:
 
 
 def decodes(path: Path) -> bool:
-    from facepriv import imageio
+    from facepriv.io import imageio
 
     try:
         imageio.decode(path.read_bytes())
@@ -195,8 +195,8 @@ def local_ray():
 
 @pytest.mark.slow
 def test_worker_killed_mid_run_every_photo_once_then_incremental_rerun(local_ray, model, tmp_path):
-    from facepriv.pipeline import CloakSettings
-    from facepriv.runner import run_cloak
+    from facepriv.core.settings import CloakSettings
+    from facepriv.distributed.runner import run_cloak
 
     src, dst = tmp_path / "src", tmp_path / "dst"
     keys = photos(src, 12)
@@ -240,8 +240,8 @@ def test_gpu_node_gets_the_workers_and_cloaker_falls_back_to_cpu(model, tmp_path
     import ray
     from ray.cluster_utils import Cluster
 
-    from facepriv.pipeline import CloakSettings
-    from facepriv.runner import run_cloak
+    from facepriv.core.settings import CloakSettings
+    from facepriv.distributed.runner import run_cloak
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.shutdown()

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from facepriv.align import ARCFACE_112
+from facepriv.core.align import ARCFACE_112
 from facepriv.errors import UsageError
 from facepriv.judges import Judge, get_judge, pairwise_distances
 from facepriv.judges import sface_judge as sf
@@ -113,7 +113,7 @@ def test_sface_input_is_bgr_0_255():
 def fixture_faces():
     from PIL import Image
 
-    from facepriv.faces import FaceDetector
+    from facepriv.pipeline.faces import FaceDetector
     from facepriv.judges import central_face, faces_from_detection
 
     det = FaceDetector()

@@ -403,7 +403,7 @@ def test_mobilefacenet_rank1_on_lfw50(tmp_path):
     from facenet_pytorch import MTCNN
     from PIL import Image
 
-    from facepriv.align import align_faces
+    from facepriv.core.align import align_faces
     from facepriv.models.checkpoint import load_checkpoint
 
     torch.manual_seed(0)

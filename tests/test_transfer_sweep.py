@@ -19,7 +19,8 @@ spec.loader.exec_module(ts)
 
 
 def test_grid_and_technique_flags_reach_the_settings(tmp_path):
-    from facepriv.cli import build_parser, settings_from_args
+    from facepriv.cli import build_parser
+    from facepriv.cli.options import settings_from_args
 
     cfgs = ts.grid(["mobilefacenet", "mobilefacenet,faceres"], [4, 8], ["plain", "mi", "mi-di-ti"])
     assert len(cfgs) == 12 and len({c["name"] for c in cfgs}) == 12

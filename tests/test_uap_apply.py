@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facepriv import geometry, strategies
+from facepriv.core import geometry
+from facepriv import strategies
 from facepriv.errors import FacePrivError
-from facepriv.pipeline import CloakSettings
-from facepriv.strategies import FaceItem
-from facepriv.uap_apply import add_universal, resize_to_box
+from facepriv.core.settings import CloakSettings
+from facepriv.strategies.base import FaceItem
+from facepriv.strategies.uap import add_universal, resize_to_box
 
 
 def _items(regions, crops):
@@ -70,7 +71,7 @@ def test_strategy_needs_a_valid_uap(tmp_path):
 def test_cloak_options_accept_attack_uap(tmp_path):
     import argparse
 
-    from facepriv.cli import add_cloak_options, settings_from_args
+    from facepriv.cli.options import add_cloak_options, settings_from_args
 
     v = np.full((3, 8, 8), 6 / 255, np.float32)
     np.save(tmp_path / "v.npy", v)
@@ -82,3 +83,10 @@ def test_cloak_options_accept_attack_uap(tmp_path):
     assert s.extra["uap"] == str(tmp_path / "v.npy") and len(s.extra["uap_sha256"]) == 64
     with pytest.raises(FacePrivError, match="--uap"):
         settings_from_args(p.parse_args(["src", "dst", "--attack", "uap"]))
+    # --eps is v's own size: a different one is refused, not silently overwritten
+    with pytest.raises(FacePrivError, match="--eps 4 does not apply to --attack uap"):
+        settings_from_args(p.parse_args(["src", "dst", "--attack", "uap", "--uap", str(tmp_path / "v.npy"),
+                                         "--eps", "4"]))
+    s = settings_from_args(p.parse_args(["src", "dst", "--attack", "uap", "--uap", str(tmp_path / "v.npy"),
+                                         "--eps", "6"]))
+    assert s.eps == pytest.approx(6.0)

@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from facepriv import crops as crops_mod
+from facepriv.pipeline import crops as crops_mod
 from facepriv.attacks.uap import merge_updates
 from facepriv.errors import FacePrivError
-from facepriv.uap_fit import FitSettings, fit_distributed, fit_local, load_state, paths, save_outputs
+from facepriv.distributed.uap_fit import FitSettings, fit_distributed, fit_local, load_state, paths, save_outputs
 
 from helpers import backdoor_toy
 
@@ -136,7 +136,7 @@ def test_cli_fit_and_apply_on_sample(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     model = tmp_path / "m.pt"
-    from facepriv.models import build_model
+    from facepriv.models.registry import build_model
     from facepriv.models.checkpoint import save_checkpoint
 
     classes = sorted(p.name for p in (SAMPLE / "train").iterdir() if p.is_dir())
@@ -169,8 +169,8 @@ def test_cli_fit_and_apply_on_sample(tmp_path):
     assert summary["eps"] == pytest.approx(float(np.abs(np.load(out)).max()) * 255, abs=0.01)
     assert summary["faces_judged"] >= 0 and summary["faces_redetected"] > 0
     # without a model (in process, no Ray): cloaked, nothing judged, fooling rate null
-    from facepriv.pipeline import CloakSettings
-    from facepriv.runner import run_in_process
+    from facepriv.core.settings import CloakSettings
+    from facepriv.distributed.runner import run_in_process
 
     s2 = run_in_process(str(SAMPLE / "test"), str(tmp_path / "dst2"),
                         CloakSettings(attack="uap", eps=10.0, labels="folder", extra={"uap": str(out)}))

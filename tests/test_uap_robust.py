@@ -12,7 +12,7 @@ import torch
 
 from facepriv.attacks import uap_robust
 from facepriv.attacks.uap import clean_predictions, fooled_by, merge_updates
-from facepriv.uap_fit import FitSettings, ShardFitter, fit_distributed, fit_local
+from facepriv.distributed.uap_fit import FitSettings, ShardFitter, fit_distributed, fit_local
 
 from helpers import backdoor_toy
 
@@ -60,7 +60,7 @@ def test_robust_fit_fools_the_toy_through_the_chain_within_xi(toy):
 def test_robust_distributed_one_worker_is_the_single_process_fit(tmp_path, toy):
     import ray
 
-    from facepriv import crops as crops_mod
+    from facepriv.pipeline import crops as crops_mod
 
     net, faces, _ = toy
     u8 = faces.mul(255).round().byte()
@@ -100,7 +100,7 @@ def test_robust_distributed_one_worker_is_the_single_process_fit(tmp_path, toy):
 def test_cli_options_for_the_robust_method():
     from facepriv.cli import build_parser
     from facepriv.errors import FacePrivError
-    from facepriv.uap_cli import settings_from_args
+    from facepriv.cli.uap import settings_from_args
 
     p = build_parser()
     s = settings_from_args(p.parse_args(["uap", "fit", "data", "--model", "m.pt", "--method", "robust"]))

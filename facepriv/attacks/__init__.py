@@ -2,10 +2,10 @@
 step sizes are given in 0-255 units, as users think of them. One attack per module.
 """
 
-from .deepfool import DeepFoolResult, deepfool
-from .fgsm import fgsm
-from .pgd import pgd
-from .uap import (
+from facepriv.attacks.deepfool import DeepFoolResult, deepfool
+from facepriv.attacks.fgsm import fgsm
+from facepriv.attacks.pgd import pgd
+from facepriv.attacks.uap import (
     ShardResult,
     fooling_rate,
     merge_updates,

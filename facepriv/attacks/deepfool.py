@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Model, subset
+from facepriv.attacks.base import Model, subset
 
 NORMS = ("l2", "linf")
 _NUDGE = 1e-4

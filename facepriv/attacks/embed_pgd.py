@@ -1,8 +1,8 @@
 """Label-free PGD on face embeddings (pure torch, no I/O).
 
-The attack variable is the packed face regions x (B,3,H,W) in [0,1] (`facepriv.geometry`);
+The attack variable is the packed face regions x (B,3,H,W) in [0,1] (`facepriv.core.geometry`);
 each surrogate is a callable ``regions -> embeddings (B,D)`` (typically an
-`facepriv.align.AlignModel`, optionally a `JitteredAlign` for input diversity). No identity
+`facepriv.core.align.AlignModel`, optionally a `JitteredAlign` for input diversity). No identity
 labels are needed: the reference is each face's own clean embedding.
 
 Losses (per model, per face; minimised):
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..align import AlignModel, warp
+from facepriv.core.align import AlignModel, warp
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 LOSSES = ("untargeted", "decoy")
@@ -149,7 +149,7 @@ def _gradient(models, xin, var, clean, dec, extra=None):
 
 class QualityTerm:
     """A perceptual term in the attack's loss: for each face, weight * max(0, target - S) / 100,
-    S the differentiable SSIMULACRA2 (`facepriv.perceptual`) of its quality box
+    S the differentiable SSIMULACRA2 (`facepriv.core.perceptual`) of its quality box
     (`boxes[i]` = (x0, y0, x1, y1) in region pixels) in what the file will hold against the
     original. Below the target the attack trades embedding shift for quality on the face."""
 
@@ -159,7 +159,7 @@ class QualityTerm:
         self.last: torch.Tensor | None = None
 
     def penalty(self, x: torch.Tensor, xin: torch.Tensor) -> torch.Tensor:
-        from ..perceptual import ssimulacra2
+        from facepriv.core.perceptual import ssimulacra2
 
         scores = torch.cat([ssimulacra2(x[i : i + 1, :, y0:y1, x0:x1], xin[i : i + 1, :, y0:y1, x0:x1])
                             for i, (x0, y0, x1, y1) in enumerate(self.boxes)])
@@ -189,7 +189,7 @@ class JitteredAlign(AlignModel):
 
     `rng`: one generator shared by the faces (default: seeded with `seed`), or a list of one
     per face, so that a face's draws depend on its own generator only, not on its place in
-    the batch (`facepriv.embed_strategy` seeds each from the face's pixels)."""
+    the batch (`facepriv.strategies.embed` seeds each from the face's pixels)."""
 
     def __init__(self, net, transforms, p: float = 0.5, scale: float = 0.1, degrees: float = 8.0,
                  shift: float = 0.05, size: int | None = None, template=None, seed: int = 0,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Model, loss_fn, predict
+from facepriv.attacks.base import Model, loss_fn, predict
 
 
 def fgsm(model: Model, x: torch.Tensor, y: torch.Tensor | None = None, eps: float = 8.0,

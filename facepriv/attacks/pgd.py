@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Model, fooled_mask, loss_fn, predict, subset
+from facepriv.attacks.base import Model, fooled_mask, loss_fn, predict, subset
 
 
 def pgd(model: Model, x: torch.Tensor, y: torch.Tensor | None = None, eps: float = 4.0,

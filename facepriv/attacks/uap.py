@@ -45,8 +45,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .base import Model, subset
-from .deepfool import NORMS, deepfool
+from facepriv.attacks.base import Model, subset
+from facepriv.attacks.deepfool import NORMS, deepfool
 
 
 def _check_norm(norm: str) -> None:

@@ -29,8 +29,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Model, margin
-from .uap import ShardResult, _batches, _check_norm, clean_predictions, pass_seed, project, run_passes, shard_inputs
+from facepriv.attacks.base import Model, margin
+from facepriv.attacks.uap import ShardResult, _batches, _check_norm, clean_predictions, pass_seed, project, run_passes, shard_inputs
 
 BOX_RANGE = (96, 144)  # face-box sides (px) v is resized to when fitted; LFW-like photos ~100-130
 SHIFT = 0.025  # re-detected box shift, fraction of the box side (each axis, uniform +-; ~3 px at 120)

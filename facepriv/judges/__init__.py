@@ -7,7 +7,7 @@
 
 Registry: `get_judge(spec)` where spec is a registered name ("dlib", "sface") or "PREFIX:ARG" with a
 registered prefix ("tfjs:model.pt" / "embedder:model.pt" -> an imported embedding checkpoint
-judging through `facepriv.align`; "embedder:mobilefacenet" -> an installed surrogate). Add others with `register_judge(name, factory)`; a factory
+judging through `facepriv.core.align`; "embedder:mobilefacenet" -> an installed surrogate). Add others with `register_judge(name, factory)`; a factory
 takes the part after the colon (or None) plus keyword options and returns a `Judge`.
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import UsageError
-from .base import (
+from facepriv.errors import UsageError
+from facepriv.judges.base import (
     Face,
     Gallery,
     Judge,
@@ -31,7 +31,7 @@ from .base import (
     poisoning,
     recognised,
 )
-from .verification import AGAINST, self_verification, verification
+from facepriv.judges.verification import AGAINST, self_verification, verification
 
 JudgeFactory = Callable[..., Judge]
 JUDGES: dict[str, JudgeFactory] = {}
@@ -43,7 +43,7 @@ def register_judge(name: str, factory: JudgeFactory) -> None:
 
 
 def _dlib(arg: str | None = None, **options: Any) -> Judge:
-    from .dlib_judge import DlibJudge
+    from facepriv.judges.dlib_judge import DlibJudge
 
     return DlibJudge(model_dir=arg or options.pop("model_dir", None), **options)
 
@@ -51,14 +51,14 @@ def _dlib(arg: str | None = None, **options: Any) -> Judge:
 def _embedder(arg: str | None = None, **options: Any) -> Judge:
     if not arg:
         raise UsageError("an embedder judge needs a checkpoint: --judge tfjs:PATH/TO/model.pt")
-    from ..models import store
-    from .embedder_judge import EmbedderJudge
+    from facepriv.models import store
+    from facepriv.judges.embedder_judge import EmbedderJudge
 
     return EmbedderJudge(store.resolve(arg), **options)  # an installed name or a checkpoint path
 
 
 def _sface(arg: str | None = None, **options: Any) -> Judge:
-    from .sface_judge import SFaceJudge
+    from facepriv.judges.sface_judge import SFaceJudge
 
     return SFaceJudge(model=arg or options.pop("model", None), **options)  # "sface:PATH.onnx" overrides the file
 

@@ -2,7 +2,7 @@
 
 A *judge* is a face recogniser that only ever looks at finished photos: numpy in, numpy out,
 no gradients, never a crafting model. It embeds the faces it is given (detection is shared:
-boxes and 5 landmarks come from MTCNN, `facepriv.faces`), and recognition is rank-1 nearest
+boxes and 5 landmarks come from MTCNN, `facepriv.pipeline.faces`), and recognition is rank-1 nearest
 neighbour in a `Gallery` of enrolled embeddings under the judge's metric and threshold.
 
 Face dicts: ``{"box": (x0, y0, x1, y1), "landmarks": (5, 2) array}`` in pixels of the image
@@ -47,7 +47,7 @@ class Judge(Protocol):
 
 
 def faces_from_detection(det: Any) -> list[Face]:
-    """`facepriv.faces.Detection` (boxes, probs, landmarks arrays) -> list of face dicts."""
+    """`facepriv.pipeline.faces.Detection` (boxes, probs, landmarks arrays) -> list of face dicts."""
     out = []
     for i in range(len(det.boxes)):
         f: Face = {"box": np.asarray(det.boxes[i], np.float32), "landmarks": np.asarray(det.landmarks[i], np.float32)}
@@ -174,19 +174,19 @@ class Gallery:
         """Enrol ROOT/<identity>/<photo> (local path or fsspec URL such as s3://...).
 
         One face per photo: the detected face nearest the image centre. `detector` has
-        `detect(list of RGB arrays) -> list[Detection]` (default: `facepriv.faces.FaceDetector()`).
+        `detect(list of RGB arrays) -> list[Detection]` (default: `facepriv.pipeline.faces.FaceDetector()`).
         `select(sorted file names of one identity) -> the ones to use` (e.g. ``lambda f: f[:10]``).
         Photos without a face or that cannot be decoded are listed in `skipped`.
         """
         import fsspec
 
-        from ..imageio import decode
+        from facepriv.io.imageio import decode
 
         fs, base = fsspec.core.url_to_fs(root, **(storage_options or {}))
         if not fs.isdir(base):
             raise FileNotFoundError(f"gallery folder {root!r} not found (expected ROOT/<identity>/<photos>)")
         if detector is None:
-            from ..faces import FaceDetector
+            from facepriv.pipeline.faces import FaceDetector
 
             detector = FaceDetector()
         gallery = cls.for_judge(judge)

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import UsageError
-from .base import Face, check_image
+from facepriv.errors import UsageError
+from facepriv.judges.base import Face, check_image
 
 SHAPE_PREDICTOR = "shape_predictor_5_face_landmarks.dat"
 RECOGNITION_MODEL = "dlib_face_recognition_resnet_model_v1.dat"

@@ -1,7 +1,7 @@
 """An imported face-embedding network (a facepriv checkpoint of kind "embedder", e.g. from
 `facepriv models import-tfjs`) used as a judge: `--judge tfjs:mobilefacenet.pt`.
 
-It aligns with MTCNN's 5 landmarks (`facepriv.align`, template from the model's `crop`)
+It aligns with MTCNN's 5 landmarks (`facepriv.core.align`, template from the model's `crop`)
 and compares embeddings by cosine distance. Like every judge it is numpy in, numpy out,
 run under `torch.inference_mode()`: it verifies cloaks and is never handed to an attack.
 When it was also one of the crafting surrogates, its verdict is white-box, not independent;
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
-from .base import Face, check_image
+from facepriv.errors import CheckpointError
+from facepriv.judges.base import Face, check_image
 
 DEFAULT_THRESHOLD = 0.6  # cosine distance (cos similarity 0.4); override per model with threshold=
 
@@ -27,8 +27,8 @@ class EmbedderJudge:
 
     def __init__(self, checkpoint: str, threshold: float | None = None, device: str | torch.device = "cpu",
                  batch_size: int = 32):
-        from ..align import align_faces  # differentiable alignment, used here without gradients
-        from ..models.checkpoint import load_checkpoint
+        from facepriv.core.align import align_faces  # differentiable alignment, used here without gradients
+        from facepriv.models.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(checkpoint, device=device)
         kind = getattr(loaded.model, "kind", loaded.meta.get("kind"))

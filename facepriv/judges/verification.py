@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Gallery, pairwise_distances
+from facepriv.judges.base import Gallery, pairwise_distances
 
 AGAINST = ("gallery", "original")
 

@@ -15,8 +15,8 @@ import fsspec
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
-from .registry import build_model
+from facepriv.errors import CheckpointError
+from facepriv.models.registry import build_model
 
 FORMAT = "facepriv-checkpoint/1"
 # Convolutional arches whose weights are kept channels-last once loaded: the same outputs,

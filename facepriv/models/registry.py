@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .inception import FacenetEmbedder, InceptionClassifier
-from .paper_cnn import PaperCNN
-from .tfjs import TfjsGraph
+from facepriv.models.inception import FacenetEmbedder, InceptionClassifier
+from facepriv.models.paper_cnn import PaperCNN
+from facepriv.models.tfjs import TfjsGraph
 
 ARCHES: dict[str, Callable[..., nn.Module]] = {
     "paper-cnn": lambda num_classes, **_: PaperCNN(num_classes),

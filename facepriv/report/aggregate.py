@@ -1,9 +1,9 @@
-"""Pure aggregation over manifest rows (dicts in the schema of `facepriv.manifest`).
+"""Pure aggregation over manifest rows (dicts in the schema of `facepriv.io.manifest`).
 
 No I/O, no models: every function takes rows (and judge/robustness results) and returns
 plain dicts/lists, so the arithmetic is testable on a hand-made manifest.
 
-Conventions (the same as `facepriv.pipeline.Tally`):
+Conventions (the same as `facepriv.pipeline.cloaker.Tally`):
 - rows with status "skipped" are not counted (their files belong to an earlier run);
 - a face counts towards a fooling rate when `judged` is true; `fooled` is read from the
   re-read written file;

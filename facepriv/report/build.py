@@ -16,13 +16,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import imageio, manifest, robustness
-from ..archive import META_DIR, Archive, storage_options
-from ..errors import UsageError
-from . import aggregate as agg
-from . import leave_one_out as loo
-from . import html as html_mod
-from . import panels as pan
+from facepriv.io import imageio
+from facepriv.io import manifest
+from facepriv.report import robustness
+from facepriv.io.archive import META_DIR, Archive, storage_options
+from facepriv.errors import UsageError
+from facepriv.report import aggregate as agg
+from facepriv.report import leave_one_out as loo
+from facepriv.report import html as html_mod
+from facepriv.report import panels as pan
 
 REPORT_DIR = f"{META_DIR}/report"
 
@@ -88,7 +90,7 @@ def find_runs(dst: Archive, dst_url: str, run_ids: Sequence[str] | None = None) 
 
 
 def make_judges(specs: Sequence[str]):
-    from ..judges import get_judge
+    from facepriv.judges import get_judge
 
     return [get_judge(s) for s in specs]
 
@@ -113,7 +115,7 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
     """
     if s.mode not in ("evasion", "poisoning"):
         raise UsageError(f"--mode must be evasion or poisoning, got {s.mode!r}")
-    from ..judges import AGAINST
+    from facepriv.judges import AGAINST
 
     if s.verify_against is not None and s.verify_against not in AGAINST:
         raise UsageError(f"--verify-against must be one of {', '.join(AGAINST)}, got {s.verify_against!r}")
@@ -136,7 +138,7 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
         notes.append("no --gallery: identification is not measured; verification compares each cloaked face "
                      "(every face of every photo, re-detected in the written file) with the same face in SRC")
     if judges and evaluator is None and s.gallery:
-        from ..judges import Gallery
+        from facepriv.judges import Gallery
 
         sel = (lambda f: f[: s.gallery_per_identity]) if s.gallery_per_identity else None
         for j in judges:
@@ -147,7 +149,7 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
             log(f"  {len(g.identities)} identities, {len(g)} photos enrolled, {len(g.skipped)} skipped")
             if g.skipped:
                 notes.append(f"gallery ({j.name}): {len(g.skipped)} photo(s) not enrolled, e.g. {g.skipped[0]}")
-    from .evaluate import Evaluator
+    from facepriv.report.evaluate import Evaluator
 
     ev = evaluator or Evaluator(judges, galleries, s.mode, s.transforms if s.robustness else [], s.labels, s.device,
                                 s.progress, verify_against=s.verify_against)

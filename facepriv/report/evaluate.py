@@ -2,10 +2,10 @@
 
 Shell around pure pieces: it reads the clean original (SRC) and the written cloaked file
 (DST) of every labelled face in a run's manifest, re-detects the face in the written file
-with MTCNN (like `facepriv.pipeline` does), and hands embeddings to the judge arithmetic
+with MTCNN (like `facepriv.pipeline.cloaker` does), and hands embeddings to the judge arithmetic
 (`facepriv.judges.evasion` / `poisoning`). For robustness, each cloaked file goes through a
-`facepriv.robustness` transform and is re-detected and judged again, by the run's surrogate
-(re-classified with `facepriv.geometry.crop_faces`, as the pipeline's judge stage does) and
+`facepriv.report.robustness` transform and is re-detected and judged again, by the run's surrogate
+(re-classified with `facepriv.core.geometry.crop_faces`, as the pipeline's judge stage does) and
 by every judge.
 
 A probe is the labelled face of an ok row (the face nearest the centre, identity = its
@@ -31,12 +31,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import geometry, imageio, robustness
-from ..archive import Archive
-from ..faces import DetectorSettings, FaceDetector
-from ..judges import AGAINST, Gallery, Judge, evasion, identify, poisoning, self_verification, verification
-from .aggregate import counted, faces_of, folder_identity
-from . import leave_one_out as loo
+from facepriv.core import geometry
+from facepriv.io import imageio
+from facepriv.report import robustness
+from facepriv.io.archive import Archive
+from facepriv.pipeline.faces import DetectorSettings, FaceDetector
+from facepriv.judges import AGAINST, Gallery, Judge, evasion, identify, poisoning, self_verification, verification
+from facepriv.report.aggregate import counted, faces_of, folder_identity
+from facepriv.report import leave_one_out as loo
 
 MATCH_IOU = 0.3  # the pipeline's rule for "found again in the written file"
 
@@ -107,7 +109,7 @@ class Surrogate:
     """The run's crafting model, re-classifying faces the way the pipeline's judge stage does."""
 
     def __init__(self, checkpoint: str, device: str = "cpu"):
-        from ..models.checkpoint import load_checkpoint
+        from facepriv.models.checkpoint import load_checkpoint
 
         self.loaded = load_checkpoint(checkpoint, device)
         self.classes = self.loaded.classes
@@ -378,7 +380,7 @@ class Evaluator:
 def _mean_shift(clean: Sequence, cloaked: Sequence, metric: str) -> float | None:
     """Mean distance between each face's clean and cloaked embedding under the judge's metric
     (for an embedder: the cosine drop 1 - cos); faces missing either are left out."""
-    from ..judges import pairwise_distances
+    from facepriv.judges import pairwise_distances
 
     d = [float(pairwise_distances(np.asarray(c)[None], np.asarray(k)[None], metric)[0, 0])
          for c, k in zip(clean, cloaked) if c is not None and k is not None]

@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..models import store
+from facepriv.models import store
 
 ROLE_INDEPENDENT = "independent"  # never a crafting model (dlib)
 ROLE_WHITE_BOX = "white-box"  # one of the run's crafting surrogates
@@ -80,8 +80,8 @@ def judge_identity(judge: Any) -> dict[str, Any]:
 def spec_identity(spec: str) -> dict[str, Any]:
     """{"spec", "stem", "sha256"}: the spec resolved like `facepriv.models.store.resolve`
     (installed name or path); sha256 None when it cannot be found here."""
-    from ..errors import FacePrivError
-    from ..models.install import sha256_file
+    from facepriv.errors import FacePrivError
+    from facepriv.models.install import sha256_file
 
     sha = None
     try:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from .. import geometry
+from facepriv.core import geometry
 
 PANEL_SIZE = 160
 

@@ -1,0 +1,203 @@
+"""Differentiable 5-point face alignment, pure torch (+ numpy for the fit).
+
+From MTCNN's five landmarks (left eye, right eye, nose, left mouth corner, right mouth
+corner; image pixel coordinates as facenet-pytorch returns them) a similarity transform
+(Umeyama least squares: rotation, uniform scale, translation) maps the face onto a
+template; the aligned crop is sampled with `F.affine_grid` / `F.grid_sample`, so gradients
+reach the original photo's pixels (the attack variable of `facepriv.core.geometry`).
+
+Coordinates: a pixel's centre is at its integer index (the OpenCV / ArcFace convention the
+template was made with).
+
+Templates: ``"arcface112"`` is the standard ArcFace 112x112 five-point template;
+``"loose224"`` is the same face shrunk to 0.75 about the template's centre and drawn on a
+224x224 frame (face about 0.75 of the frame), for models trained on looser crops
+(faceres). A named template scales to any output size.
+
+Aliasing: when the face is much larger than the output (a 600-px face sampled to 112),
+bilinear grid_sample reads only 4 source pixels per output pixel and aliases. Each face's
+source footprint is therefore first cut out (a small box around the output square mapped
+back, plus a margin) and, when the transform shrinks by more than `AA_THRESHOLD`, shrunk
+with ``F.interpolate(mode="bilinear", antialias=True)`` to about the output's scale; the
+transform is adjusted to that smaller image and grid_sample then samples near 1:1. Both
+steps are differentiable; cutting the footprint first also keeps large photos cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCFACE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
+LOOSE_SCALE = 0.75
+# ArcFace points shrunk to 0.75 about the 112 frame's centre, then drawn on 224.
+LOOSE_224 = ((ARCFACE_112 - 55.5) * LOOSE_SCALE + 55.5) * 2.0 + 0.5
+
+TEMPLATES = {"arcface112": (ARCFACE_112, 112), "loose224": (LOOSE_224, 224)}
+
+AA_THRESHOLD = 1.25  # shrink the source first when one output pixel spans more than this many source pixels
+
+
+def template(name_or_points: str | np.ndarray | None, size: int) -> np.ndarray:
+    """Five template points (5,2) in pixel coordinates of a size x size output.
+
+    A name ("arcface112", "loose224") is scaled to `size`; None picks arcface112 for sizes
+    up to 160 and loose224 above; an array is used as given.
+    """
+    if name_or_points is None:
+        name_or_points = "arcface112" if size <= 160 else "loose224"
+    if isinstance(name_or_points, str):
+        if name_or_points not in TEMPLATES:
+            raise ValueError(f"unknown template {name_or_points!r}; choose one of {sorted(TEMPLATES)}")
+        pts, ref = TEMPLATES[name_or_points]
+        # scale about pixel edges: centre coordinate c maps to (c + 0.5) * k - 0.5
+        k = size / ref
+        return (pts + 0.5) * k - 0.5
+    pts = np.asarray(name_or_points, dtype=np.float64)
+    if pts.shape != (5, 2):
+        raise ValueError(f"template must be (5,2), got {pts.shape}")
+    return pts
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (Umeyama, no reflection) mapping points src (K,2) onto dst (K,2).
+
+    Returns the 2x3 matrix M with dst ~= M @ [x, y, 1].
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s0, d0 = src - mu_s, dst - mu_d
+    var_s = (s0**2).sum() / len(src)
+    cov = d0.T @ s0 / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    e = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        e[1, 1] = -1
+    r = u @ e @ vt
+    scale = float((sig * np.diag(e)).sum() / max(var_s, 1e-12))
+    m = np.zeros((2, 3))
+    m[:, :2] = scale * r
+    m[:, 2] = mu_d - m[:, :2] @ mu_s
+    return m
+
+
+def landmark_transforms(landmarks: np.ndarray, size: int, tmpl: str | np.ndarray | None = None) -> np.ndarray:
+    """(N,5,2) landmarks -> (N,2,3) matrices mapping image pixels to output pixels."""
+    lm = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
+    dst = template(tmpl, size)
+    return np.stack([similarity_transform(p, dst) for p in lm]) if len(lm) else np.zeros((0, 2, 3))
+
+
+def _inv(m: np.ndarray) -> np.ndarray:
+    a = np.vstack([m, [0.0, 0.0, 1.0]])
+    return np.linalg.inv(a)[:2]
+
+
+def warp(image: torch.Tensor, m: np.ndarray, size: int, antialias: bool = True) -> torch.Tensor:
+    """Sample one aligned face (1,3,size,size) from image (3,H,W) or (1,3,H,W).
+
+    `m` (2,3) maps image pixel coordinates to output pixel coordinates. Outside the image is
+    zero. Differentiable with respect to `image`.
+    """
+    if image.dim() == 3:
+        image = image.unsqueeze(0)
+    _, _, h, w = image.shape
+    m = np.asarray(m, dtype=np.float64)
+    inv = _inv(m)  # output px -> image px
+    # footprint of the output square in the image, plus a margin
+    corners = np.array([[-0.5, -0.5, 1], [size - 0.5, -0.5, 1], [-0.5, size - 0.5, 1], [size - 0.5, size - 0.5, 1]])
+    src = corners @ inv.T
+    step = 1.0 / math.sqrt(max(abs(np.linalg.det(m[:, :2])), 1e-12))  # source px per output px
+    margin = 2.0 * max(step, 1.0) + 2.0
+    x0 = int(np.clip(math.floor(src[:, 0].min() - margin), 0, w - 1))
+    y0 = int(np.clip(math.floor(src[:, 1].min() - margin), 0, h - 1))
+    x1 = int(np.clip(math.ceil(src[:, 0].max() + margin) + 1, x0 + 1, w))
+    y1 = int(np.clip(math.ceil(src[:, 1].max() + margin) + 1, y0 + 1, h))
+    patch = image[:, :, y0:y1, x0:x1]
+    # output px -> patch px
+    a = np.vstack([inv, [0, 0, 1.0]])
+    a = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1.0]]) @ a
+    ph, pw = patch.shape[2], patch.shape[3]
+    if antialias and step > AA_THRESHOLD:
+        nh, nw = max(1, round(ph / step)), max(1, round(pw / step))
+        patch = F.interpolate(patch, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        kx, ky = pw / nw, ph / nh
+        a = np.array([[1 / kx, 0, 0.5 / kx - 0.5], [0, 1 / ky, 0.5 / ky - 0.5], [0, 0, 1.0]]) @ a
+        ph, pw = nh, nw
+    # normalised output coords -> output px -> patch px -> normalised patch coords (align_corners=False)
+    n_out = np.array([[size / 2, 0, (size - 1) / 2], [0, size / 2, (size - 1) / 2], [0, 0, 1.0]])
+    n_in = np.array([[2 / pw, 0, 1 / pw - 1], [0, 2 / ph, 1 / ph - 1], [0, 0, 1.0]])
+    theta = (n_in @ a @ n_out)[:2]
+    th = torch.as_tensor(theta, dtype=patch.dtype, device=patch.device).unsqueeze(0)
+    grid = F.affine_grid(th, [1, patch.shape[1], size, size], align_corners=False)
+    return F.grid_sample(patch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def align_faces(
+    image: torch.Tensor, landmarks: np.ndarray, size: int, template: str | np.ndarray | None = None
+) -> torch.Tensor:
+    """Aligned faces (N,3,size,size) from one photo (3,H,W) in [0,1] and landmarks (N,5,2)."""
+    ms = landmark_transforms(landmarks, size, template)
+    if len(ms) == 0:
+        return image.new_zeros((0, image.shape[0], size, size))
+    return torch.cat([warp(image, m, size) for m in ms], 0)
+
+
+class AlignModel(nn.Module):
+    """net(aligned faces): a model over packed face regions (B,3,Hmax,Wmax) in [0,1].
+
+    `transforms` are either landmarks (B,5,2) or matrices (B,2,3) (region pixels -> output
+    pixels), in each region's own coordinates. `size` defaults to ``net.input_size`` and
+    the template to ``net.crop`` (else chosen by size). `sizes` (the regions' (h, w)): each
+    face is sampled from its own region only, never from the zero padding of a larger one,
+    so its aligned crop does not depend on what it is packed with (without `sizes`, a crop
+    reaching past its region reads the padding: the same zeros, but a downscaled crop's
+    antialiasing footprint then differs). `select(idx)` gives the same model for a subset of
+    faces, like `geometry.CropModel`.
+    """
+
+    def __init__(self, net: nn.Module, transforms: np.ndarray | Sequence, size: int | None = None,
+                 template: str | np.ndarray | None = None, sizes: Sequence[tuple[int, int]] | None = None):
+        super().__init__()
+        self.net = net
+        self.sizes = [tuple(int(v) for v in hw) for hw in sizes] if sizes is not None else None
+        self.size = int(size or getattr(net, "input_size", 112))
+        self.template = template if template is not None else getattr(net, "crop", None)
+        t = np.asarray(transforms, dtype=np.float64)
+        if t.ndim == 3 and t.shape[1:] == (2, 3):
+            self.matrices = t
+        elif t.ndim == 3 and t.shape[1:] == (5, 2):
+            self.matrices = landmark_transforms(t, self.size, self.template)
+        elif t.size == 0:
+            self.matrices = np.zeros((0, 2, 3))
+        else:
+            raise ValueError(f"transforms must be landmarks (B,5,2) or matrices (B,2,3), got {t.shape}")
+
+    def region(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Face i's region of the packed x (without the padding when `sizes` are known)."""
+        if self.sizes is None:
+            return x[i]
+        h, w = self.sizes[i]
+        return x[i, :, :h, :w]
+
+    def align(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != len(self.matrices):
+            raise ValueError(f"{x.shape[0]} regions but {len(self.matrices)} transforms")
+        return torch.cat([warp(self.region(x, i), m, self.size) for i, m in enumerate(self.matrices)], 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.align(x))
+
+    def select(self, idx: Sequence[int]) -> "AlignModel":
+        idx = [int(i) for i in idx]
+        return AlignModel(self.net, self.matrices[idx].reshape(-1, 2, 3), self.size, self.template,
+                          [self.sizes[i] for i in idx] if self.sizes is not None else None)

@@ -1,0 +1,173 @@
+"""The Ray layer: shard an archive over workers that each hold one `Cloaker`.
+
+Ray Data streams source keys through `map_batches(Cloaker, ...)` (the model is loaded once per
+worker actor); the driver consumes manifest rows as they finish, writes them as Parquet parts
+and keeps only running totals. No cluster address -> an embedded local Ray instance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+
+from facepriv.io import manifest
+from facepriv.io.archive import Archive, open_pair
+from facepriv.core.settings import CloakSettings
+from facepriv.pipeline.cloaker import Cloaker
+from facepriv.pipeline.tally import Tally
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True):
+    """Join `address` (or $RAY_ADDRESS); otherwise start an embedded local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"log_to_driver": not quiet, "include_dashboard": False} if not address else {}
+    if address:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address="local", num_cpus=num_cpus, ignore_reinit_error=True, **kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.verbose_progress = False
+    ctx.print_on_execution_start = False
+    return ray
+
+
+def cluster_plan(workers: int | None, gpus_per_worker: float | None) -> tuple[int, float, int]:
+    """(workers, gpus per worker, torch threads per worker) from what the cluster has."""
+    import ray
+
+    res = ray.cluster_resources()
+    gpus = float(res.get("GPU", 0))
+    cpus = int(res.get("CPU", 1))
+    if gpus_per_worker is None:
+        gpus_per_worker = 1.0 if gpus >= 1 else 0.0
+    # an explicit --gpus-per-worker is honoured even when no GPU node is up yet: on an
+    # autoscaling cluster (GPU workers from min 0) the pending request launches one
+    if workers is None:
+        workers = max(1, int(gpus // gpus_per_worker)) if gpus_per_worker else max(1, cpus)
+    threads = max(1, cpus // workers) if not gpus_per_worker else max(1, min(4, cpus // max(workers, 1)))
+    return workers, gpus_per_worker, threads
+
+
+def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | None = None,
+              workers: int | None = None, gpus_per_worker: float | None = None, batch_size: int = 8,
+              s3_endpoint: str | None = None, retries: int = 5, progress: bool = True,
+              log: Callable[[str], None] = print, log_every: float = 0.0, incremental: bool = True,
+              torch_threads: int | None = None,
+              on_rows: Callable[[list[dict]], None] | None = None, force_lock: bool = False) -> dict[str, Any]:
+    """Cloak SRC into DST on Ray; returns summary.json's content (also written under DST).
+
+    Streaming: the listing is read lazily by a Ray Data source (facepriv/distributed/listing.py) and
+    flows in blocks of `batch_size` keys through `map_batches(ShardWorker)`; the driver keeps
+    running totals only. Incremental: earlier runs (finished or interrupted) are folded into
+    DST/_facepriv/manifest/ first, and workers skip photos already cloaked with the same
+    content and settings (facepriv/runs/incremental.py); this run is folded in at the end.
+    Worker faults: actors restart and their batches are retried (outputs are written
+    atomically, so a retried photo just overwrites its own file). One run per DST: the run
+    holds DST's lease (facepriv/runs/lock.py) from start to end; `force_lock` takes it over.
+    """
+    from facepriv.runs import incremental as inc
+    from facepriv.runs.lock import DstLock
+    from facepriv.distributed.listing import ListingSource, count_async
+    from facepriv.runs.progress import Progress
+    from facepriv.distributed.worker import ShardWorker
+
+    src_a, dst_a = open_pair(src, dst, s3_endpoint, retries)
+    run_id = new_run_id()
+    with DstLock(dst_a, run_id) as lock:
+        lock.acquire(force=force_lock)
+        ray = init_ray(address)
+        workers, gpw, threads = cluster_plan(workers, gpus_per_worker)
+        threads = torch_threads or threads
+        if incremental:
+            folded = inc.compact(dst_a)
+            if folded["folded_runs"]:
+                log(f"folded earlier run(s) {', '.join(folded['folded_runs'])} into {inc.VIEW_DIR}/ "
+                    f"({folded['rows']} photos known)")
+        counter = count_async(src_a)
+        log(f"run {run_id}: {src} -> {dst} ({workers} worker(s), {gpw:g} GPU each, "
+            f"{threads} torch thread(s) each, batches of {batch_size})")
+        t0 = time.perf_counter()
+        tally = Tally()
+        rdir = manifest.run_dir(run_id)
+        ds = ray.data.read_datasource(ListingSource(src, s3_endpoint, retries, block_rows=batch_size),
+                                      num_cpus=0)  # the listing is I/O: it must not hold a worker CPU
+        out = ds.map_batches(
+            ShardWorker,
+            fn_constructor_kwargs=dict(src=src, dst=dst, settings=settings, run_id=run_id, s3_endpoint=s3_endpoint,
+                                       retries=retries, torch_threads=threads, incremental=incremental),
+            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpw,
+            num_cpus=1 if not gpw else 0, batch_format="numpy", zero_copy_batch=True, max_restarts=-1,
+            max_task_retries=-1,
+        )
+        bar = Progress(lambda: counter.total, bar=progress, log_every=log_every, log=log)
+        try:
+            _consume(out.iter_batches(batch_format="pyarrow", batch_size=None), dst_a, rdir, tally, bar, on_rows,
+                     lock.heartbeat)
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        summary = tally.summary(run_id, seconds)
+        summary.update(src=src, dst=dst, attack=settings.attack, eps=settings.eps, model=settings.model,
+                       workers=workers, gpus_per_worker=gpw, listed=counter.wait(60))
+        dst_a.write_text(f"{rdir}/summary.json", json.dumps(summary, indent=2, default=str))
+        if incremental:
+            inc.compact(dst_a, [run_id])
+        return summary
+
+
+def _consume(batches: Iterable, dst: Archive, rdir: str, tally: Tally, bar, on_rows=None, heartbeat=None) -> None:
+    part = 0
+    for table in batches:
+        if heartbeat is not None:
+            heartbeat()
+        rows = table.to_pylist()
+        if not rows:
+            continue
+        dst.write_bytes(f"{rdir}/manifest/part-{part:05d}.parquet", manifest.table_bytes(rows))
+        part += 1
+        for r in rows:
+            tally.add(r)
+        bar.update(rows)
+        if on_rows is not None:
+            on_rows(rows)
+
+
+def run_in_process(src: str, dst: str, settings: CloakSettings, batch_size: int = 8,
+                   s3_endpoint: str | None = None) -> dict[str, Any]:
+    """The same pipeline without Ray (a plain loop): for tests and baselines."""
+    from facepriv.runs.lock import DstLock
+
+    src_a, dst_a = open_pair(src, dst, s3_endpoint)
+    run_id = new_run_id()
+    with DstLock(dst_a, run_id) as lock:
+        lock.acquire()
+        cloaker = Cloaker(src, dst, settings, run_id, s3_endpoint=s3_endpoint)
+        keys = list(src_a.list_images())
+        t0 = time.perf_counter()
+        tally = Tally()
+        rdir = manifest.run_dir(run_id)
+        for i in range(0, len(keys), batch_size):
+            lock.heartbeat()
+            rows = cloaker.process(keys[i : i + batch_size])
+            dst_a.write_bytes(f"{rdir}/manifest/part-{i // batch_size:05d}.parquet", manifest.table_bytes(rows))
+            tally.add_all(rows)
+        summary = tally.summary(run_id, time.perf_counter() - t0)
+        summary.update(src=src, dst=dst, attack=settings.attack, eps=settings.eps, model=settings.model, workers=0)
+        dst_a.write_text(f"{rdir}/summary.json", json.dumps(summary, indent=2, default=str))
+        return summary
