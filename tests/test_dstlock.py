@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 
 import pytest
 
@@ -71,7 +73,7 @@ def test_second_run_refused_until_release_or_stale(tmp_path):
     second.acquire()
     # abandoned (no heartbeat for > stale_after): taken over; the old holder then stops
     clock.t += 61
-    third = DstLock(dst, "run-3", stale_after=60, heartbeat=0, clock=clock)
+    third = DstLock(dst, "run-3", stale_after=60, clock=clock)
     third.acquire()
     assert json.loads((tmp_path / LOCK_KEY).read_text())["run_id"] == "run-3"
     second.every = 0
@@ -79,13 +81,17 @@ def test_second_run_refused_until_release_or_stale(tmp_path):
         second.heartbeat()
     second.release()  # not ours any more: must not remove run-3's lease
     assert json.loads((tmp_path / LOCK_KEY).read_text())["run_id"] == "run-3"
+    third.release()
 
 
 def test_force_takes_a_live_lease(tmp_path):
     dst = Archive(str(tmp_path), {})
-    DstLock(dst, "run-1").acquire()
+    first = DstLock(dst, "run-1")
+    first.acquire()
     with DstLock(dst, "run-2") as lock:
         lock.acquire(force=True)
+        assert json.loads((tmp_path / LOCK_KEY).read_text())["run_id"] == "run-2"
+        first.release()  # taken over: its release leaves run-2's lease alone
         assert json.loads((tmp_path / LOCK_KEY).read_text())["run_id"] == "run-2"
     assert not (tmp_path / LOCK_KEY).exists()
 
@@ -107,3 +113,106 @@ def test_cloak_refuses_a_busy_dst_and_leaves_no_lease_behind(tmp_path):
     busy.release()
     s = run_in_process(str(src), str(dst), CloakSettings(model=ckpt, attack="fgsm"))
     assert s["inputs"] == 0 and not (dst / LOCK_KEY).exists()
+
+
+SHORT = dict(stale_after=1.0, heartbeat=0.1)  # a lease of one second, renewed ten times a second
+
+
+def _lease(dst_dir):
+    return json.loads((dst_dir / LOCK_KEY).read_text())
+
+
+def test_the_lease_is_renewed_in_the_background_while_the_holder_does_nothing(tmp_path):
+    dst = Archive(str(tmp_path), {})
+    holder = DstLock(dst, "run-1", **SHORT)
+    holder.acquire()
+    first_beat = _lease(tmp_path)["heartbeat"]
+    time.sleep(4 * SHORT["stale_after"])  # no batch, no call into the lock: four leases long
+    with pytest.raises(DstBusy, match="run-1"):
+        DstLock(dst, "run-2", **SHORT).acquire()
+    assert _lease(tmp_path)["run_id"] == "run-1" and _lease(tmp_path)["heartbeat"] > first_beat
+    holder.release()
+    assert not (tmp_path / LOCK_KEY).exists()
+    time.sleep(5 * SHORT["heartbeat"])  # the renewal stopped with the release: no lease comes back
+    assert not (tmp_path / LOCK_KEY).exists()
+
+
+def test_a_failing_renewal_is_logged_and_the_next_one_keeps_the_lease(tmp_path, caplog):
+    dst = Archive(str(tmp_path), {})
+    holder = DstLock(dst, "run-1", **SHORT)
+    holder.acquire()
+    write, failures = dst.write_bytes, []
+
+    def flaky(key, data):
+        if len(failures) < 3:
+            failures.append(key)
+            raise OSError("transient: store unreachable")
+        return write(key, data)
+
+    dst.write_bytes = flaky
+    with caplog.at_level("WARNING", logger="facepriv.runs.lock"):
+        time.sleep(4 * SHORT["stale_after"])
+    assert len(failures) == 3 and "store unreachable" in caplog.text
+    with pytest.raises(DstBusy, match="run-1"):
+        DstLock(dst, "run-2", **SHORT).acquire()
+    holder.check()  # the errors did not end the run
+    holder.release()
+    assert not (tmp_path / LOCK_KEY).exists()
+
+
+def test_the_background_renewal_notices_a_takeover_and_stops_writing(tmp_path):
+    dst = Archive(str(tmp_path), {})
+    holder = DstLock(dst, "run-1", **SHORT)
+    holder.acquire()
+    theirs = {"run_id": "run-2", "host": "elsewhere", "pid": 1, "started": 0}
+    for _ in range(200):
+        if _lease(tmp_path)["run_id"] != "run-2":  # (again, should a renewal in flight have overwritten it)
+            (tmp_path / LOCK_KEY).write_text(json.dumps(dict(theirs, heartbeat=time.time())))
+        try:
+            holder.check()
+        except DstBusy as e:
+            assert "took over" in str(e)
+            break
+        time.sleep(SHORT["heartbeat"])
+    else:
+        pytest.fail("the holder never noticed that run-2 took its lease over")
+    time.sleep(5 * SHORT["heartbeat"])
+    assert _lease(tmp_path)["run_id"] == "run-2"  # not overwritten by the old holder
+    holder.release()
+    assert _lease(tmp_path)["run_id"] == "run-2"
+
+
+def test_a_batch_slower_than_the_lease_does_not_let_a_second_run_in(tmp_path, monkeypatch):
+    from facepriv.runs import lock as dstlock
+    from facepriv.pipeline import cloaker as pipeline
+    from facepriv.core.settings import CloakSettings
+    from facepriv.distributed.runner import run_in_process
+
+    from helpers import random_checkpoint
+
+    class ShortLease(DstLock):
+        def __init__(self, dst, run_id, **_):
+            super().__init__(dst, run_id, **SHORT)
+
+    monkeypatch.setattr(dstlock, "DstLock", ShortLease)
+    settings = CloakSettings(model=random_checkpoint(str(tmp_path / "m.pt"), ["a", "b"]), attack="fgsm")
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    shutil.copy(os.path.join(os.path.dirname(__file__), "fixtures/lfw/Colin_Powell/Colin_Powell_0001.jpg"), src)
+    process, calls, second = pipeline.Cloaker.process, [], []
+
+    def slow_batch(self, keys):
+        calls.append(keys)
+        if len(calls) == 1:  # the first run's only batch takes four leases; meanwhile a second run starts
+            time.sleep(4 * SHORT["stale_after"])
+            try:
+                second.append(run_in_process(str(src), str(dst), settings))
+            except DstBusy as e:
+                second.append(e)
+        return process(self, keys)
+
+    monkeypatch.setattr(pipeline.Cloaker, "process", slow_batch)
+    summary = run_in_process(str(src), str(dst), settings)
+    assert isinstance(second[0], DstBusy), "a second run took DST over mid-batch and ran to its end"
+    assert len(calls) == 1 and summary["inputs"] == 1
+    assert not (dst / LOCK_KEY).exists()

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hostile  # noqa: E402
 from helpers import moto_s3  # noqa: E402
 
-from facepriv.io import manifest  # noqa: E402
-from facepriv.io.archive import Archive, storage_options  # noqa: E402
+from facepriv.io import manifest
+from facepriv.io.archive import Archive, storage_options
 
 pytest.importorskip("moto.server", reason="moto[server] is in the [test] extra")
 
@@ -193,3 +193,20 @@ def test_cli_cloak_s3_corpus_end_to_end(s3, model, tmp_path):
     assert "out/keys/b.jpg" not in keys
     faces = [r for r in rows if r["source_key"].startswith("faces/")]
     assert all(r["n_faces"] >= 1 and r["faces"][0]["label"] in CLASSES for r in faces)
+
+
+def test_the_lease_on_s3_is_renewed_in_the_background(s3):
+    import time
+
+    from facepriv.runs.lock import LOCK_KEY, DstBusy, DstLock
+
+    endpoint, client = s3
+    make_bucket(client, "leased", {})
+    holder = DstLock(archive("s3://leased", endpoint), "run-1", stale_after=1.0, heartbeat=0.1)
+    holder.acquire()
+    time.sleep(4.0)  # the holder does nothing for four leases
+    with pytest.raises(DstBusy, match="run-1"):
+        DstLock(archive("s3://leased", endpoint), "run-2", stale_after=1.0, heartbeat=0.1).acquire()
+    holder.release()
+    time.sleep(0.5)  # the renewal stopped with the release: no lease comes back
+    assert LOCK_KEY not in all_keys(client, "leased")

@@ -79,7 +79,8 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
     content and settings (facepriv/runs/incremental.py); this run is folded in at the end.
     Worker faults: actors restart and their batches are retried (outputs are written
     atomically, so a retried photo just overwrites its own file). One run per DST: the run
-    holds DST's lease (facepriv/runs/lock.py) from start to end; `force_lock` takes it over.
+    holds DST's lease (facepriv/runs/lock.py) from start to end - cluster start, compaction and slow
+    batches included: the lease renews itself in the background; `force_lock` takes it over.
     """
     from facepriv.runs import incremental as inc
     from facepriv.runs.lock import DstLock
@@ -118,9 +119,10 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
         bar = Progress(lambda: counter.total, bar=progress, log_every=log_every, log=log)
         try:
             _consume(out.iter_batches(batch_format="pyarrow", batch_size=None), dst_a, rdir, tally, bar, on_rows,
-                     lock.heartbeat)
+                     lock.check)
         finally:
             bar.close()
+        lock.check()
         seconds = time.perf_counter() - t0
         summary = tally.summary(run_id, seconds)
         summary.update(src=src, dst=dst, attack=settings.attack, eps=settings.eps, model=settings.model,
@@ -131,11 +133,11 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
         return summary
 
 
-def _consume(batches: Iterable, dst: Archive, rdir: str, tally: Tally, bar, on_rows=None, heartbeat=None) -> None:
+def _consume(batches: Iterable, dst: Archive, rdir: str, tally: Tally, bar, on_rows=None, check=None) -> None:
     part = 0
     for table in batches:
-        if heartbeat is not None:
-            heartbeat()
+        if check is not None:
+            check()  # stop at once should another run have taken DST's lease over
         rows = table.to_pylist()
         if not rows:
             continue
@@ -163,10 +165,11 @@ def run_in_process(src: str, dst: str, settings: CloakSettings, batch_size: int 
         tally = Tally()
         rdir = manifest.run_dir(run_id)
         for i in range(0, len(keys), batch_size):
-            lock.heartbeat()
+            lock.check()
             rows = cloaker.process(keys[i : i + batch_size])
             dst_a.write_bytes(f"{rdir}/manifest/part-{i // batch_size:05d}.parquet", manifest.table_bytes(rows))
             tally.add_all(rows)
+        lock.check()
         summary = tally.summary(run_id, time.perf_counter() - t0)
         summary.update(src=src, dst=dst, attack=settings.attack, eps=settings.eps, model=settings.model, workers=0)
         dst_a.write_text(f"{rdir}/summary.json", json.dumps(summary, indent=2, default=str))

@@ -4,8 +4,11 @@
 and heartbeat times). A run takes the lease when there is none, when it is its own, when the
 holder ran on this host and its process is gone (a killed driver: resumed at once), or when
 the holder's heartbeat is older than `stale_after` seconds (a crashed run elsewhere never
-blocks DST for ever); otherwise it refuses with a message naming the holder. The driver renews the
-heartbeat while results stream in and removes the lease at the end.
+blocks DST for ever); otherwise it refuses with a message naming the holder. While the lease is
+held, a background thread renews the heartbeat every `heartbeat` seconds (a long batch, a
+compaction or a slow cluster start never lets it go stale); a failed renewal is logged and the
+next one tried. Should another run take the lease over (--force-lock), the thread stops writing
+and `check()`, which the driver calls between steps, raises. The lease is removed at the end.
 
 On a local disk the lease is created with O_EXCL (atomic). Object stores have no portable
 create-if-absent through fsspec, so there the lease is written and read back after a short
@@ -15,8 +18,10 @@ pause: two runs starting within that pause can still both proceed (documented li
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +32,8 @@ from facepriv.errors import FacePrivError
 LOCK_KEY = "_facepriv/lock.json"
 STALE_AFTER = 600.0  # seconds without a heartbeat before a lease counts as abandoned
 HEARTBEAT = 30.0
+
+log = logging.getLogger(__name__)
 
 
 class DstBusy(FacePrivError):
@@ -71,9 +78,14 @@ class DstLock:
         self._started = clock()
         self._beat = 0.0
         self.held = False
+        self._io = threading.Lock()  # one lease write at a time: the keeper's, the driver's, the release
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
+        self._lost: str | None = None  # why the lease is not ours any more (a takeover)
 
     def read(self) -> dict[str, Any] | None:
-        self.dst.invalidate()
+        # only the lease's own cache entry: the keeper thread must not drop the listings the driver uses
+        self.dst.fs.invalidate_cache(self.path)
         try:
             return json.loads(self.dst.fs.cat_file(self.path))
         except FileNotFoundError:
@@ -113,28 +125,66 @@ class DstLock:
                 if not back or back.get("run_id") != self.run_id:
                     raise DstBusy(f"another run ({(back or {}).get('run_id')}) took DST's lease at the same time; "
                                   "retry in a moment")
-        self.held = True
+        self.held, self._lost = True, None
+        self._start_keeper()
 
-    def heartbeat(self) -> None:
-        """Renew the lease (rate-limited to one write per `heartbeat` seconds)."""
-        if self.held and self.clock() - self._beat >= self.every:
+    def _start_keeper(self) -> None:
+        if self._keeper is not None and self._keeper.is_alive():
+            return
+        self._stop.clear()
+        self._keeper = threading.Thread(target=self._keep, name=f"facepriv-lease-{self.run_id}", daemon=True)
+        self._keeper.start()
+
+    def _keep(self) -> None:
+        """The keeper thread: renew every `heartbeat` seconds until released or taken over."""
+        while not self._stop.wait(max(self.every, 0.01)):
+            try:
+                self._renew()
+            except DstBusy as e:
+                log.error("%s", e)
+                return
+            except Exception as e:  # a flaky store: this renewal is lost, the next one may succeed
+                log.warning("renewing DST's lease (%s) failed: %s: %s", self.path, type(e).__name__, e)
+
+    def _renew(self) -> None:
+        with self._io:
+            if self._stop.is_set() or not self.held:
+                return  # released meanwhile: never write a lease after its removal
             lease = self.read()
             if lease and lease.get("run_id") not in (self.run_id, None):
                 self.held = False
-                raise DstBusy(f"run {lease.get('run_id')} on {lease.get('host')} took over DST's lease "
+                self._lost = (f"run {lease.get('run_id')} on {lease.get('host')} took over DST's lease "
                               "(--force-lock); this run stops so that two runs never write one DST")
+                self._stop.set()
+                raise DstBusy(self._lost)
             self.dst.write_bytes(LOCK_KEY, self._record())
 
+    def check(self) -> None:
+        """Raise DstBusy if another run took the lease over (no I/O: the keeper found out)."""
+        if self._lost:
+            raise DstBusy(self._lost)
+
+    def heartbeat(self) -> None:
+        """Renew the lease now (rate-limited to one write per `heartbeat` seconds); the keeper
+        thread does this by itself while the lease is held."""
+        self.check()
+        if self.held and self.clock() - self._beat >= self.every:
+            self._renew()
+
     def release(self) -> None:
-        if not self.held:
-            return
-        lease = self.read()
-        if lease and lease.get("run_id") == self.run_id:
-            try:
-                self.dst.fs.rm(self.path)
-            except FileNotFoundError:
-                pass
-        self.held = False
+        self._stop.set()
+        with self._io:
+            if self.held:
+                lease = self.read()
+                if lease and lease.get("run_id") == self.run_id:
+                    try:
+                        self.dst.fs.rm(self.path)
+                    except FileNotFoundError:
+                        pass
+                self.held = False
+        keeper = self._keeper
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join(timeout=60)
 
     def __enter__(self) -> "DstLock":
         return self
