@@ -17,7 +17,7 @@ from facepriv.io import manifest
 from facepriv.report import aggregate as agg
 from facepriv.report import panels as pan
 from facepriv.report.build import ReportSettings, build_report
-from facepriv.report.evaluate import probes_of, surrogate_fooled
+from facepriv.report.probes import probes_of, surrogate_fooled
 
 from helpers import evaluator
 
