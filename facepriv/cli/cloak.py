@@ -21,13 +21,21 @@ def add_parser(sub) -> None:
 
 
 def cmd_cloak(args: argparse.Namespace) -> int:
+    from facepriv.io.archive import open_pair
+    from facepriv.runs.preflight import preflight
+
+    settings = settings_from_args(args)
+    src, _ = open_pair(args.src, args.dst, args.s3_endpoint, args.retries)
+    preflight(src, settings, args.allow_empty)  # mistakes exit 2 at once, before torch and Ray are imported
+
     from facepriv.distributed.runner import run_cloak
 
     summary = run_cloak(
-        args.src, args.dst, settings_from_args(args), address=args.address, workers=args.workers,
+        args.src, args.dst, settings, address=args.address, workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, batch_size=args.batch_size, s3_endpoint=args.s3_endpoint,
         retries=args.retries, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr, flush=True),
         log_every=args.log_every, incremental=not args.full, force_lock=args.force_lock,
+        allow_empty=args.allow_empty,
     )
     print_summary(summary, args.dst)
     if getattr(args, "strict", False) and summary.get("errors"):

@@ -98,6 +98,8 @@ def add_cloak_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--full", action="store_true",
                    help="re-cloak every photo; by default photos that DST's manifest says were already "
                         "cloaked with the same content (sha256) and settings are skipped (status skipped)")
+    r.add_argument("--allow-empty", action="store_true",
+                   help="run even when SRC lists no photos (default: exit 2 with an error, before Ray starts)")
     r.add_argument("--force-lock", action="store_true",
                    help="take over DST from another run's lease (_facepriv/lock.json). Only for a run that "
                         "is dead: a lease without a heartbeat for 10 minutes is taken over anyway")

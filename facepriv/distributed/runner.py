@@ -21,6 +21,7 @@ from facepriv.io.archive import Archive, open_pair
 from facepriv.core.settings import CloakSettings
 from facepriv.pipeline.cloaker import Cloaker
 from facepriv.pipeline.tally import Tally
+from facepriv.runs.preflight import preflight
 
 
 def new_run_id() -> str:
@@ -69,7 +70,8 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
               s3_endpoint: str | None = None, retries: int = 5, progress: bool = True,
               log: Callable[[str], None] = print, log_every: float = 0.0, incremental: bool = True,
               torch_threads: int | None = None,
-              on_rows: Callable[[list[dict]], None] | None = None, force_lock: bool = False) -> dict[str, Any]:
+              on_rows: Callable[[list[dict]], None] | None = None, force_lock: bool = False,
+              allow_empty: bool = False) -> dict[str, Any]:
     """Cloak SRC into DST on Ray; returns summary.json's content (also written under DST).
 
     Streaming: the listing is read lazily by a Ray Data source (facepriv/distributed/listing.py) and
@@ -89,6 +91,7 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
     from facepriv.distributed.worker import ShardWorker
 
     src_a, dst_a = open_pair(src, dst, s3_endpoint, retries)
+    preflight(src_a, settings, allow_empty)  # user mistakes: exit 2 before Ray starts or DST is created
     run_id = new_run_id()
     with DstLock(dst_a, run_id) as lock:
         lock.acquire(force=force_lock)
