@@ -9,6 +9,7 @@ Buckets are created without a region constraint (us-east-1 must not be passed), 
 from __future__ import annotations
 
 import json
+import re
 import os
 import secrets
 import subprocess
@@ -163,6 +164,9 @@ def test_cli_cloak_s3_corpus_end_to_end(s3, model, tmp_path):
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
+    # a normal run's stderr is facepriv's own: no error-level, deprecation or traceback lines from Ray
+    noisy = [ln for ln in p.stderr.splitlines() if re.search(r"\bERROR\b| E \d+ \d+\]|Deprecat|Traceback|WARNING", ln)]
+    assert noisy == [], noisy
     assert SECRET not in out
     summary = json.loads(p.stdout[p.stdout.index("{"): p.stdout.rindex("}") + 1])
     assert summary["inputs"] == len(expect)

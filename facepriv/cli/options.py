@@ -38,7 +38,11 @@ def add_cloak_options(p: argparse.ArgumentParser) -> None:
                         "surrogates (--surrogate; no --model or labels needed) (default fgsm)")
     a.add_argument("--uap", default=None, metavar="PATH",
                    help="universal perturbation (.npy from `facepriv uap fit`) for --attack uap")
-    a.add_argument("--eps", type=float, default=None, help="L-inf budget in 0-255 pixel units (default 8)")
+    a.add_argument("--eps", type=float, default=None,
+                   help="L-inf budget in 0-255 pixel units (default 8) of the change facepriv makes. The manifest's "
+                        "per-face linf / l2 are measured on the written file read back, so for JPEG outputs they "
+                        "include the re-encoding error (linf 5-15 at --eps 4 with JPEG q95 is normal); PNG outputs "
+                        "stay within eps")
     a.add_argument("--steps", type=int, default=None, help="pgd / embed-pgd iterations (default 10)")
     a.add_argument("--alpha", type=float, default=None, help="pgd step in 0-255 units (default max(eps/4, 1))")
     a.add_argument("--views", type=int, default=None,

@@ -8,6 +8,7 @@ and keeps only running totals. No cluster address -> an embedded local Ray insta
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import time
@@ -21,6 +22,7 @@ from facepriv.io.archive import Archive, open_pair
 from facepriv.core.settings import CloakSettings
 from facepriv.pipeline.cloaker import Cloaker
 from facepriv.pipeline.tally import Tally
+from facepriv.distributed.quiet import filtered_stderr, quiet_loggers
 from facepriv.runs.preflight import preflight
 
 
@@ -36,11 +38,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         return ray
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"log_to_driver": not quiet, "include_dashboard": False} if not address else {}
+    if quiet:
+        quiet_loggers()
+    level = logging.WARNING if quiet else logging.INFO
     if address:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True, logging_level=level)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address="local", num_cpus=num_cpus, ignore_reinit_error=True, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus, ignore_reinit_error=True, logging_level=level, **kwargs)
+    if quiet:
+        quiet_loggers()  # ray.init configures Ray's loggers again
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_progress = False
@@ -116,13 +123,13 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
             fn_constructor_kwargs=dict(src=src, dst=dst, settings=settings, run_id=run_id, s3_endpoint=s3_endpoint,
                                        retries=retries, torch_threads=threads, incremental=incremental),
             batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpw,
-            num_cpus=1 if not gpw else 0, batch_format="numpy", zero_copy_batch=True, max_restarts=-1,
-            max_task_retries=-1,
-        )
+            num_cpus=1 if not gpw else 0, batch_format="numpy", zero_copy_batch=True,
+        )  # Ray Data restarts dead actors and retries their batches by default (max_restarts=-1)
         bar = Progress(lambda: counter.total, bar=progress, log_every=log_every, log=log)
         try:
-            _consume(out.iter_batches(batch_format="pyarrow", batch_size=None), dst_a, rdir, tally, bar, on_rows,
-                     lock.check)
+            with filtered_stderr():  # Ray's one unfixable ERROR line per actor (facepriv/distributed/quiet.py)
+                _consume(out.iter_batches(batch_format="pyarrow", batch_size=None), dst_a, rdir, tally, bar,
+                         on_rows, lock.check)
         finally:
             bar.close()
         lock.check()
