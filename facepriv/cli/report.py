@@ -74,9 +74,12 @@ def settings_from_args(args: argparse.Namespace):
 
 def cmd_report(args: argparse.Namespace) -> int:
     from facepriv.report.build import build_report, print_runs
+    from facepriv.report.headline import headline
 
     report = build_report(args.dsts, settings_from_args(args), log=lambda m: print(m, file=sys.stderr, flush=True))
     print_runs(report)
+    for line in headline(report):
+        print(line)
     print(f"report: {report['written_to']}/index.html (report.json, *.parquet)", file=sys.stderr)
     return 0
 
