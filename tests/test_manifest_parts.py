@@ -7,12 +7,17 @@ The kill-and-resume guarantees with buffered rows are tested on real Ray in test
 from __future__ import annotations
 
 import io
+import shutil
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from facepriv.io import manifest
+from facepriv.io.archive import Archive
+
+from helpers import FIXTURES
 
 
 class FakeDst:
@@ -134,3 +139,51 @@ def test_a_failed_write_on_close_does_not_hide_the_runs_own_error():
             w.add(rows(*keys(50)))
             w.add(rows("a"))
             dst.fail = 1
+
+
+# -- a run ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def src_and_model(tmp_path_factory):
+    """8 photos (the 4 fixture photos twice) and a random checkpoint."""
+    from helpers import random_checkpoint
+
+    root = tmp_path_factory.mktemp("parts")
+    src = root / "src"
+    for copy in ("a", "b"):
+        for f in sorted(Path(FIXTURES).rglob("*.jpg")):
+            (src / copy).mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, src / copy / f.name)
+    assert len(list(src.rglob("*.jpg"))) == 8
+    return src, random_checkpoint(str(root / "rand.pt"), ["Colin_Powell", "Gerhard_Schroeder"])
+
+
+def part_sizes(dst: Path, run_id: str) -> tuple[list[int], list[str]]:
+    a = Archive(str(dst), {})
+    files = sorted((dst / "_facepriv" / "runs" / run_id / "manifest").glob("*.parquet"))
+    got = manifest.read_manifest(a.fs, f"{a.root}/_facepriv/runs/{run_id}/manifest")["source_key"].to_pylist()
+    return [pq.read_metadata(f).num_rows for f in files], got
+
+
+def test_a_run_of_many_batches_writes_few_parts(src_and_model, tmp_path):
+    from facepriv.core.settings import CloakSettings
+    from facepriv.distributed.runner import run_in_process
+
+    src, model = src_and_model
+    s = run_in_process(str(src), str(tmp_path / "dst"), CloakSettings(model=model, attack="fgsm", judge=False),
+                       batch_size=1)
+    sizes, got = part_sizes(tmp_path / "dst", s["run_id"])
+    assert s["inputs"] == 8 and s["errors"] == 0
+    assert sizes == [1, 1, 2, 4]  # 8 batches, 4 parts (was 8 parts of 1 row)
+    assert sorted(got) == sorted(str(p.relative_to(src)) for p in src.rglob("*.jpg"))  # every photo once
+
+
+def test_a_tiny_row_threshold_still_writes_several_parts(src_and_model, tmp_path):
+    from facepriv.core.settings import CloakSettings
+    from facepriv.distributed.runner import run_in_process
+
+    src, model = src_and_model
+    s = run_in_process(str(src), str(tmp_path / "dst"), CloakSettings(model=model, attack="fgsm", judge=False),
+                       batch_size=1, part_rows=2)
+    sizes, got = part_sizes(tmp_path / "dst", s["run_id"])
+    assert sizes == [1, 1, 2, 2, 2]
+    assert len(got) == len(set(got)) == 8
