@@ -2,7 +2,8 @@
 
 Ray Data streams source keys through `map_batches(Cloaker, ...)` (the model is loaded once per
 worker actor); the driver consumes manifest rows as they finish, writes them as Parquet parts
-and keeps only running totals. No cluster address -> an embedded local Ray instance.
+(buffered to a sensible size, `manifest.PartWriter`) and keeps only running totals. No cluster
+address -> an embedded local Ray instance.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from typing import Any
 
 
 from facepriv.io import manifest
-from facepriv.io.archive import Archive, open_pair
+from facepriv.io.archive import open_pair
 from facepriv.core.settings import CloakSettings
 from facepriv.pipeline.cloaker import Cloaker
 from facepriv.pipeline.tally import Tally
 from facepriv.distributed.quiet import filtered_stderr, quiet_loggers
 from facepriv.runs.preflight import preflight
+
+PART_TICK = 1.0  # seconds between the driver's checks for manifest rows that waited long enough
 
 
 def new_run_id() -> str:
@@ -78,7 +81,8 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
               log: Callable[[str], None] = print, log_every: float = 0.0, incremental: bool = True,
               torch_threads: int | None = None,
               on_rows: Callable[[list[dict]], None] | None = None, force_lock: bool = False,
-              allow_empty: bool = False) -> dict[str, Any]:
+              allow_empty: bool = False, part_rows: int = manifest.PART_ROWS,
+              part_seconds: float = manifest.PART_SECONDS) -> dict[str, Any]:
     """Cloak SRC into DST on Ray; returns summary.json's content (also written under DST).
 
     Streaming: the listing is read lazily by a Ray Data source (facepriv/distributed/listing.py) and
@@ -90,6 +94,8 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
     atomically, so a retried photo just overwrites its own file). One run per DST: the run
     holds DST's lease (facepriv/runs/lock.py) from start to end - cluster start, compaction and slow
     batches included: the lease renews itself in the background; `force_lock` takes it over.
+    Manifest rows are written in parts of up to `part_rows` rows, none held back longer than
+    `part_seconds` (manifest.PartWriter), and all before the summary and the compaction.
     """
     from facepriv.runs import incremental as inc
     from facepriv.runs.lock import DstLock
@@ -127,8 +133,9 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
         )  # Ray Data restarts dead actors and retries their batches by default (max_restarts=-1)
         bar = Progress(lambda: counter.total, bar=progress, log_every=log_every, log=log)
         try:
-            with filtered_stderr():  # Ray's one unfixable ERROR line per actor (facepriv/distributed/quiet.py)
-                _consume(out.iter_batches(batch_format="pyarrow", batch_size=None), dst_a, rdir, tally, bar,
+            with (filtered_stderr(),  # Ray's one unfixable ERROR line per actor (facepriv/distributed/quiet.py)
+                  manifest.PartWriter(dst_a, rdir, part_rows, part_seconds, tick_every=PART_TICK) as parts):
+                _consume(out.iter_batches(batch_format="pyarrow", batch_size=None), parts, tally, bar,
                          on_rows, lock.check)
         finally:
             bar.close()
@@ -143,16 +150,15 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
         return summary
 
 
-def _consume(batches: Iterable, dst: Archive, rdir: str, tally: Tally, bar, on_rows=None, check=None) -> None:
-    part = 0
+def _consume(batches: Iterable, parts: manifest.PartWriter, tally: Tally, bar, on_rows=None,
+             check=None) -> None:
     for table in batches:
         if check is not None:
             check()  # stop at once should another run have taken DST's lease over
         rows = table.to_pylist()
         if not rows:
             continue
-        dst.write_bytes(f"{rdir}/manifest/part-{part:05d}.parquet", manifest.table_bytes(rows))
-        part += 1
+        parts.add(rows)
         for r in rows:
             tally.add(r)
         bar.update(rows)
@@ -161,7 +167,8 @@ def _consume(batches: Iterable, dst: Archive, rdir: str, tally: Tally, bar, on_r
 
 
 def run_in_process(src: str, dst: str, settings: CloakSettings, batch_size: int = 8,
-                   s3_endpoint: str | None = None) -> dict[str, Any]:
+                   s3_endpoint: str | None = None, part_rows: int = manifest.PART_ROWS,
+                   part_seconds: float = manifest.PART_SECONDS) -> dict[str, Any]:
     """The same pipeline without Ray (a plain loop): for tests and baselines."""
     from facepriv.runs.lock import DstLock
 
@@ -174,11 +181,12 @@ def run_in_process(src: str, dst: str, settings: CloakSettings, batch_size: int 
         t0 = time.perf_counter()
         tally = Tally()
         rdir = manifest.run_dir(run_id)
-        for i in range(0, len(keys), batch_size):
-            lock.check()
-            rows = cloaker.process(keys[i : i + batch_size])
-            dst_a.write_bytes(f"{rdir}/manifest/part-{i // batch_size:05d}.parquet", manifest.table_bytes(rows))
-            tally.add_all(rows)
+        with manifest.PartWriter(dst_a, rdir, part_rows, part_seconds, tick_every=PART_TICK) as parts:
+            for i in range(0, len(keys), batch_size):
+                lock.check()
+                rows = cloaker.process(keys[i : i + batch_size])
+                parts.add(rows)
+                tally.add_all(rows)
         lock.check()
         summary = tally.summary(run_id, time.perf_counter() - t0)
         summary.update(src=src, dst=dst, attack=settings.attack, eps=settings.eps, model=settings.model, workers=0)
