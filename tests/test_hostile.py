@@ -153,7 +153,9 @@ def test_cli_strict_exit_code(tmp_path, model, monkeypatch):
         return {"run_id": "r", "inputs": 2, "ok": 1, "errors": 1}
 
     monkeypatch.setattr(runner, "run_cloak", fake_run)
-    args = ["cloak", str(tmp_path / "a"), str(tmp_path / "b"), "--model", model, "--no-progress"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.jpg").write_bytes(b"a photo to list")  # SRC must list a photo (preflight)
+    args = ["cloak", str(tmp_path / "a"), str(tmp_path / "b"), "--model", model, "--attack", "fgsm", "--no-progress"]
     assert cli.main(args) == 0
     assert cli.main(args + ["--strict"]) == 1
     assert len(calls) == 2
