@@ -212,25 +212,78 @@ def chromium():
     return None
 
 
-@pytest.mark.skipif(chromium() is None, reason="chromium is not installed (apt-get install chromium)")
+def headless(page, *flags):
+    """Run headless Chromium on a local page (1200 x 1600 window); returns its stdout."""
+    profile = tempfile.mkdtemp()
+    try:
+        return subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                               "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                               "--disable-sync", f"--user-data-dir={profile}", "--window-size=1200,1600",
+                               "--hide-scrollbars", *flags, "file://" + page], check=True, timeout=120,
+                              capture_output=True, text=True).stdout
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+NEEDS_CHROMIUM = pytest.mark.skipif(chromium() is None, reason="chromium is not installed (apt-get install chromium)")
+
+
+@NEEDS_CHROMIUM
 def test_index_html_renders_in_headless_chromium(report, tmp_path):
     _, out = report
     shot = tmp_path / "out.png"
-    profile = tempfile.mkdtemp()
-    try:
-        subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                        f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1200,1600",
-                        "file://" + os.path.join(out, "index.html")], check=True, timeout=120,
-                       capture_output=True)
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+    headless(os.path.join(out, "index.html"), f"--screenshot={shot}")
     img = np.asarray(Image.open(shot).convert("RGB")).astype(np.float64)
     assert img.shape[:2] == (1600, 1200)
     assert img.std() > 20  # not blank: text, tables and face panels
     # the face panels put colour on the page (a blank or text-only page is nearly grey)
     sat = img.max(2) - img.min(2)
     assert (sat > 60).mean() > 0.01
+
+
+# after the page has loaded: every chart <img> (kind, decoded size, place on the page) and where the
+# Runs table starts, written into the DOM for --dump-dom
+PROBE = """<script>window.addEventListener('load', () => {
+  const charts = [...document.querySelectorAll('img.chart')].map(i => { const r = i.getBoundingClientRect();
+    return {kind: i.dataset.kind, src: i.getAttribute('src'), complete: i.complete, naturalWidth: i.naturalWidth,
+            naturalHeight: i.naturalHeight, x: r.x, y: r.y, w: r.width, h: r.height}; });
+  const runs = [...document.querySelectorAll('h2')].find(h => h.textContent === 'Runs');
+  const pre = document.createElement('pre'); pre.id = 'probe';
+  pre.textContent = JSON.stringify({charts, runs_y: runs ? runs.getBoundingClientRect().y : null});
+  document.body.appendChild(pre); });</script>"""
+
+
+@NEEDS_CHROMIUM
+def test_index_html_shows_the_charts_in_headless_chromium(report, tmp_path):
+    """The bar chart and the quality histograms: <img>s near the top of the page (above the Runs
+    table), loaded by the browser at the PNG's size, and drawn: the screenshot of the first bar
+    chart's place holds its bars."""
+    import html as html_mod
+
+    _, out = report
+    page = open(os.path.join(out, "index.html")).read()
+    probe = str(tmp_path / "index_probe.html")  # index.html + PROBE; its relative paths resolve in `out`
+    with open(probe, "w") as fh:
+        fh.write(page.replace("<head>", f"<head><base href='file://{out}/'>", 1).replace("</body>", PROBE + "</body>"))
+    dom = headless(probe, "--dump-dom", "--virtual-time-budget=10000")
+    found = json.loads(html_mod.unescape(dom.split("<pre id=\"probe\">", 1)[1].split("</pre>", 1)[0]))
+    charts = found["charts"]
+    bars = [c for c in charts if c["kind"] == "protection"]
+    assert len(bars) == 2 and len([c for c in charts if c["kind"] == "quality"]) == 2  # one of each per run
+    for c in charts:
+        assert c["complete"] and c["naturalWidth"] > 0 and c["naturalHeight"] > 0, c  # the PNG loaded
+        assert c["w"] > 0 and c["h"] > 0 and c["y"] < found["runs_y"], c  # shown, above the Runs table
+    w, h = Image.open(os.path.join(out, bars[0]["src"])).size  # the PNG the report wrote beside index.html
+    assert (bars[0]["naturalWidth"], bars[0]["naturalHeight"]) == (w, h) == (bars[0]["w"], bars[0]["h"])  # 1:1
+    shot = tmp_path / "charts.png"
+    headless(probe, f"--screenshot={shot}")
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(np.int16)
+    x, y = int(bars[0]["x"]), int(bars[0]["y"])
+    assert y + h <= img.shape[0] and x + w <= img.shape[1]  # the first bar chart is in the screenshot
+    crop = img[y: y + h, x: x + w]
+    assert crop.std() > 20  # not blank
+    # the fake judge's identification bars (tab20's first colour), not only axes and text
+    assert (np.abs(crop - np.array([31, 119, 180])).max(axis=2) <= 6).sum() > 1000
 
 
 # --------------------------------------------------------------------------- S3

@@ -55,7 +55,8 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
     o.add_argument("--src", default=None,
                    help="source archive of the originals (default: the `src` in each run's summary.json)")
     o.add_argument("--out", default=None,
-                   help="write report.json, *.parquet and index.html here (default: FIRST_DST/_facepriv/report/)")
+                   help="write report.json, *.parquet, index.html and its chart PNGs here "
+                        "(default: FIRST_DST/_facepriv/report/)")
     o.add_argument("--device", default="cpu", help="torch device for MTCNN and the surrogate (default cpu)")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     o.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3 / AWS)")
@@ -88,8 +89,9 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "report", help="fooling report over one or more cloak runs (judges, robustness, HTML)",
         description="Read the Parquet manifests of the runs under each DST and write "
-                    "DST/_facepriv/report/{report.json, *.parquet, index.html}: fooling rate per attack, eps, model, "
-                    "identity and input format; PSNR/SSIM distributions; faces per photo; errors by reason; "
+                    "DST/_facepriv/report/{report.json, *.parquet, index.html, chart PNGs}: fooling rate per attack, "
+                    "eps, model, identity and input format; PSNR/SSIM distributions (histograms with the run's floors); "
+                    "a bar chart of protection per judge and transform; faces per photo; errors by reason; "
                     "timings; a fooling-rate-vs-eps curve; face panels. With --judge, independent recognisers "
                     "(never used to craft) judge the written files; with --robustness every cloaked file is also "
                     "re-encoded as JPEG q95/85/75 and downscaled by 0.5 and judged again.",

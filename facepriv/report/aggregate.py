@@ -15,6 +15,7 @@ Conventions (the same as `facepriv.pipeline.cloaker.Tally`):
 
 from __future__ import annotations
 
+import json
 import math
 import posixpath
 from collections import defaultdict
@@ -134,13 +135,33 @@ def quantile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[i] + (sorted_values[j] - sorted_values[i]) * (pos - i)
 
 
+def quality_values(rows: Iterable[Row]) -> dict[str, list[float]]:
+    """The finite photo figures (psnr, ssim) and face figures (FACE_QUALITY) of the ok/no_face rows."""
+    rs = [r for r in counted(rows) if r.get("status") in ("ok", "no_face")]
+    raw = {"psnr": [r.get("psnr") for r in rs], "ssim": [r.get("ssim") for r in rs],
+           **{m: [f.get(m) for r in rs for f in faces_of(r)] for m in FACE_QUALITY}}
+    return {k: [float(x) for x in v if x is not None and math.isfinite(float(x))] for k, v in raw.items()}
+
+
 def quality(rows: Iterable[Row]) -> dict[str, Any]:
     """Distributions of the photo figures (psnr, ssim) and of the face figures (FACE_QUALITY)."""
-    rs = [r for r in counted(rows) if r.get("status") in ("ok", "no_face")]
-    out = {"psnr": distribution(r.get("psnr") for r in rs), "ssim": distribution(r.get("ssim") for r in rs)}
-    for m in FACE_QUALITY:
-        out[m] = distribution(f.get(m) for r in rs for f in faces_of(r))
-    return out
+    return {k: distribution(v) for k, v in quality_values(rows).items()}
+
+
+FLOORS = {"face_psnr": "min_psnr", "face_ssim": "min_ssim", "face_ssimulacra2": "min_face_quality"}
+
+
+def quality_floors(rows: Iterable[Row]) -> dict[str, float]:
+    """{face metric: floor} from the run's settings_json (min_psnr, min_ssim, min_face_quality
+    bind on each face's quality region); empty when the run set none (or older runs)."""
+    sj = next((r.get("settings_json") for r in rows if r.get("settings_json")), None)
+    try:
+        s = json.loads(sj) if sj else {}
+    except (TypeError, ValueError):
+        s = {}
+    if not isinstance(s, dict):
+        return {}
+    return {m: float(s[k]) for m, k in FLOORS.items() if isinstance(s.get(k), (int, float))}
 
 
 # --------------------------------------------------------------------------- photos, errors, timings
@@ -246,6 +267,21 @@ def judge_summary(res: dict[str, Any]) -> dict[str, Any]:
 def verification_rate(judge: dict[str, Any] | None) -> float | None:
     """A judge summary's verification protection rate (None when absent)."""
     return ((judge or {}).get("verification") or {}).get("protection_rate")
+
+
+def protection_by_stage(run: dict[str, Any]) -> tuple[list[str], dict[str, list[float | None]]]:
+    """A report.json run record's protection rates for the bar chart: the stages ("as written",
+    then each robustness transform) and {"JUDGE identification" / "JUDGE verification": rate per
+    stage (None where not measured)}; a series measured at no stage is left out."""
+    stages = [("as written", run.get("judges") or {})] + [
+        (t, v.get("judges") or {}) for t, v in (run.get("robustness") or {}).items()]
+    series: dict[str, list[float | None]] = {}
+    for n in dict.fromkeys(n for _, js in stages for n in js):
+        for kind, get in (("identification", lambda j: j.get("protection_rate")), ("verification", verification_rate)):
+            vals = [get(js[n]) if n in js else None for _, js in stages]
+            if any(v is not None for v in vals):
+                series[f"{n} {kind}"] = vals
+    return [t for t, _ in stages], series
 
 
 def eps_curves(runs: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:

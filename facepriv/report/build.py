@@ -1,12 +1,13 @@
 """The report job (shell): find runs under one or more DSTs, read their Parquet manifests,
 judge again (judges, robustness), aggregate with the pure functions of `aggregate`, and write
-DST/_facepriv/report/{report.json, *.parquet, index.html}. Local folders and s3:// alike."""
+DST/_facepriv/report/{report.json, *.parquet, index.html, its chart PNGs}. Local folders and s3:// alike."""
 
 from __future__ import annotations
 
 import io
 import json
 import posixpath
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from facepriv.report import aggregate as agg
 from facepriv.report import leave_one_out as loo
 from facepriv.report import html as html_mod
 from facepriv.report import panels as pan
+from facepriv.report import plots
 
 REPORT_DIR = f"{META_DIR}/report"
 
@@ -154,6 +156,8 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
     ev = evaluator or Evaluator(judges, galleries, s.mode, s.transforms if s.robustness else [], s.labels, s.device,
                                 s.progress, verify_against=s.verify_against)
     records, details, face_tables, panel_list = [], [], [], []
+    images: dict[str, bytes] = {}
+    plot_list: list[dict[str, Any]] = []
     for run in runs:
         src_url = s.src or run.src_url
         src = open_archive(src_url, s) if src_url else None
@@ -165,6 +169,7 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
                              dst=run.dst_url, src=src_url)
         rec["crafted_on"] = loo.crafting_specs(run.rows)
         records.append(rec)
+        plot_list += make_plots(len(records), run, rec, images)
         det = {"quality": agg.quality(run.rows), "fooling": agg.fooling_tables(run.rows),
                "faces_per_photo": agg.faces_per_photo(run.rows), "errors": agg.errors_by_reason(run.rows),
                "timings": agg.timings(run.rows), "notes": list(res.notes[:20]) if res else []}
@@ -185,12 +190,42 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
         "labels": s.labels, "transforms": list(dict.fromkeys(t for r in records for t in r["robustness"])),
         "runs": records, "details": details, "eps_curves": {k: [list(p) for p in v] for k, v in curves.items()},
         "robustness_table": agg.robustness_table(records), "leave_one_out": loo.table(records), "notes": notes,
+        "plots": plot_list,
     }
     out = open_archive(s.out, s) if s.out else archives[0]
     prefix = "" if s.out else f"{REPORT_DIR}/"
-    write_outputs(out, prefix, report, runs, face_tables, html_mod.render(report, curve_b64, panel_list))
+    write_outputs(out, prefix, report, runs, face_tables, html_mod.render(report, curve_b64, panel_list), images)
     report["written_to"] = out.url.rstrip("/") + ("/" + prefix.rstrip("/") if prefix else "")
     return report
+
+
+def make_plots(index: int, run: Run, rec: dict[str, Any], images: dict[str, bytes]) -> list[dict[str, Any]]:
+    """The run's charts: the protection bar chart (when a judge measured anything) and the quality
+    histograms (when there are figures), put into `images` {file name: PNG}; returns their
+    entries for report["plots"] {run_id, kind, file, alt, caption}."""
+    name = f"{index:02d}-{re.sub(r'[^A-Za-z0-9._-]', '_', run.run_id)}.png"
+    what = f"run {run.run_id} ({rec.get('attack')} eps {agg._num(rec.get('eps'))})"
+    out = []
+    stages, series = agg.protection_by_stage(rec)
+    if series:
+        labels = ["as written"] + [plots.stage_label(t) for t in stages[1:]]
+        images[f"protection-{name}"] = plots.protection_bars_png(labels, series, f"Protection, {what}")
+        out.append({"run_id": run.run_id, "kind": "protection", "file": f"protection-{name}",
+                    "alt": f"bar chart, share of faces protected, {what}: {plots.describe_protection(labels, series)}",
+                    "caption": f"Protection per judge, {what}: the share of faces protected in the written files and "
+                               "after each re-encoding / resizing. Identification: the clean gallery's rank-1 is no "
+                               "longer the face's identity; verification: the cloaked face matches no reference at "
+                               "the judge's threshold."})
+    values, floors = agg.quality_values(run.rows), agg.quality_floors(run.rows)
+    if any(values.values()):
+        marked = ", ".join(f"{plots.QUALITY_LABELS[m]} {v:g}" for m, v in floors.items())
+        images[f"quality-{name}"] = plots.quality_hist_png(values, floors, f"Quality, {what}")
+        out.append({"run_id": run.run_id, "kind": "quality", "file": f"quality-{name}",
+                    "alt": f"histograms of photo and face PSNR / SSIM, {what}",
+                    "caption": f"Quality, {what}: each written photo, and each face's quality region (box + 10% each "
+                               "side), against the original; unchanged photos (infinite PSNR) left out."
+                               + (f" Dashed: the run's floors ({marked})." if floors else "")})
+    return out
 
 
 def make_panels(run: Run, src: Archive | None, sample: Sequence[dict], by_key: dict[str, dict],
@@ -247,7 +282,7 @@ def _parquet(rows: list[dict[str, Any]]) -> bytes:
 
 
 def write_outputs(out: Archive, prefix: str, report: dict[str, Any], runs: Sequence[Run],
-                  face_tables: list[list[dict]], page: str) -> None:
+                  face_tables: list[list[dict]], page: str, images: dict[str, bytes] | None = None) -> None:
     tables = {
         "runs": [{k: v for k, v in r.items()} for r in report["runs"]],
         "fooling_by_setting": [dict(row, run_id=r["run_id"]) for r, d in zip(report["runs"], report["details"])
@@ -269,6 +304,8 @@ def write_outputs(out: Archive, prefix: str, report: dict[str, Any], runs: Seque
     for name, rows in tables.items():
         if rows:
             out.write_bytes(f"{prefix}{name}.parquet", _parquet(rows))
+    for name, data in (images or {}).items():  # the charts index.html shows, beside it
+        out.write_bytes(f"{prefix}{name}", data)
     out.write_text(f"{prefix}report.json", json.dumps(report, indent=2, default=str))
     out.write_text(f"{prefix}index.html", page)
 

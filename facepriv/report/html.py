@@ -1,5 +1,6 @@
 """index.html from the report dict: a pure function (string in, string out), no I/O.
-Images arrive as base64 PNG strings and are embedded, so the page is one self-contained file."""
+The eps curve and the face panels arrive as base64 PNG strings and are embedded; the charts of
+`report["plots"]` are PNG files `build` writes beside index.html, shown by file name."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ td.l,th.l{text-align:left} .note{color:#6b4400;background:#fff4d6;padding:6px 10
 .panel img{display:block} .cap{font-size:12px;margin-top:4px;max-width:490px}
 .fooled{color:#b00020;font-weight:600} .kept{color:#1a7f37;font-weight:600} .muted{color:#666;font-size:12px}
 .bar{display:inline-block;height:10px;background:#2b6cb0;vertical-align:middle}
+figure.plot{margin:10px 0 18px} figure.plot img{display:block;max-width:100%;height:auto}
+figure.plot figcaption{font-size:12px;color:#444;max-width:900px;margin-top:4px}
 """
 
 
@@ -72,6 +75,7 @@ def render(report: dict[str, Any], curve_png_b64: str | None = None,
            f"every rate below is measured on the written files (re-read, re-detected, re-classified)</p>"]
     for n in report.get("notes", []):
         out.append(f"<p class='note'>{esc(n)}</p>")
+    out += plot_figures(report.get("plots") or [])
 
     # ---- runs overview
     out.append("<h2>Runs</h2>")
@@ -188,6 +192,16 @@ def render(report: dict[str, Any], curve_png_b64: str | None = None,
             out.append(f"<p class='note'>{esc(n)}</p>")
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def plot_figures(plots: Sequence[dict[str, Any]]) -> list[str]:
+    """The charts ({file, alt, caption}: PNGs beside index.html) as <figure>s under one heading."""
+    if not plots:
+        return []
+    return ["<h2>At a glance: protection and quality</h2>"] + [
+        f"<figure class='plot'><img class='chart' data-kind='{esc(p.get('kind'))}' src='{esc(p['file'])}' "
+        f"alt='{esc(p.get('alt'))}'>"
+        f"<figcaption>{esc(p.get('caption'))}</figcaption></figure>" for p in plots]
 
 
 def judge_panels(report: dict[str, Any]) -> list[str]:
