@@ -8,7 +8,7 @@ from torch import nn
 
 from facepriv.models.inception import FacenetEmbedder, InceptionClassifier
 from facepriv.models.paper_cnn import PaperCNN
-from facepriv.models.tfjs import TfjsGraph
+from facepriv.models.tfjs.graph import TfjsGraph
 
 ARCHES: dict[str, Callable[..., nn.Module]] = {
     "paper-cnn": lambda num_classes, **_: PaperCNN(num_classes),

@@ -69,7 +69,7 @@ def load_surrogate(spec: str, device="cpu"):
     """Load a surrogate by spec: returns the nn.Module (eval mode, on device)."""
     path = resolve(spec)
     if path.endswith(".json"):
-        from facepriv.models.tfjs import import_tfjs
+        from facepriv.models.tfjs.graph import import_tfjs
 
         return import_tfjs(path).to(device).eval()
     from facepriv.models.checkpoint import load_checkpoint
