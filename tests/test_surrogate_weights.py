@@ -154,3 +154,46 @@ def test_the_worker_builds_the_surrogate_from_the_driver_bytes(tmp_path, monkeyp
     assert other != sha
     with pytest.raises(FacePrivError, match="hash to"):
         Cloaker(str(src), str(dst), s, "run", surrogates=[wrong])
+
+
+@pytest.mark.slow
+def test_ray_workers_without_the_surrogate_installed_cloak_and_rerun_on_new_weights(tmp_path, monkeypatch):
+    """Ray's workers see an empty $FACEPRIV_HOME (a node where nothing is installed): the run
+    cloaks with the driver's surrogate; the rerun skips; a re-installed model re-cloaks."""
+    import ray
+
+    from facepriv.distributed.runner import run_cloak
+
+    home, node_home = tmp_path / "driver-home", tmp_path / "node-home"
+    node_home.mkdir()
+    monkeypatch.setenv("FACEPRIV_HOME", str(home))
+    first = _install(home, "tiny", seed=0)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    photo = sorted((SAMPLE / "Colin_Powell").glob("*.jpg"))[0]
+    (src / "p").mkdir(parents=True)
+    shutil.copy(photo, src / "p" / photo.name)
+    key = f"p/{photo.name}"
+
+    def rows(summary):
+        a = Archive(str(dst), {})
+        return manifest.read_manifest(a.fs, f"{a.root}/_facepriv/runs/{summary['run_id']}/manifest").to_pylist()
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"FACEPRIV_HOME": str(node_home)}})
+    try:
+        assert ray.get(ray.remote(lambda: os.environ["FACEPRIV_HOME"]).remote()) == str(node_home)
+        s = _settings()
+        kw = dict(workers=1, batch_size=2, progress=False, log=lambda m: None)
+        (r1,) = rows(run_cloak(str(src), str(dst), s, **kw))
+        assert r1["source_key"] == key and r1["status"] == "ok" and r1["n_faces"] >= 1, r1["reason"]
+        assert json.loads(r1["settings_json"])["surrogate_sha256"] == [first]
+        assert run_cloak(str(src), str(dst), s, **kw)["skipped"] == 1
+        second = _install(home, "tiny", seed=1)
+        again = run_cloak(str(src), str(dst), s, **kw)
+        (r3,) = rows(again)
+        assert again["skipped"] == 0 and r3["status"] == "ok", r3["reason"]
+        assert json.loads(r3["settings_json"])["surrogate_sha256"] == [second]
+    finally:
+        ray.shutdown()
