@@ -3,8 +3,8 @@
 Built once per worker: the surrogates named by ``settings.surrogate`` (comma-separated
 specs: installed names, .pt checkpoints or TF.js .json graphs) are built once, from the bytes
 the run's driver read (`read_surrogates`, `facepriv.models.store.build_surrogate`; read here
-when none are given), not from the worker's own $FACEPRIV_HOME. Per chunk of faces, each surrogate sees the regions through
-its own 5-point alignment (`JitteredAlign`: its crop template and input size, plus input
+when none are given), not from the worker's own $FACEPRIV_HOME. Per chunk of faces, each
+surrogate sees the regions through its own 5-point alignment (`JitteredAlign`: its crop template and input size, plus input
 diversity) and all of them see what the written file will hold (`WrittenModel`: uint8 +
 the JPEG round trip, straight-through gradients). The attack is
 `facepriv.attacks.embed_pgd.embed_pgd`.
