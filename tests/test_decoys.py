@@ -51,10 +51,16 @@ def _item(size: int, seed: int) -> FaceItem:
 
 @pytest.fixture
 def banked(tmp_path, monkeypatch):
-    """FACEPRIV_HOME with decoy banks (6 synthetic identities) for tiny0 and loose1, none for
-    nobank; load_surrogate returns the tiny nets by name."""
+    """FACEPRIV_HOME with the tiny nets installed under their names (checkpoints of test
+    architectures) and decoy banks (6 synthetic identities) for tiny0 and loose1, none for nobank."""
+    from facepriv.models import registry
+    from facepriv.models.checkpoint import save_checkpoint
+
     monkeypatch.setenv("FACEPRIV_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(store, "load_surrogate", lambda spec, device="cpu": NETS[spec]().to(device).eval())
+    (tmp_path / "home" / "models").mkdir(parents=True)
+    for name, make_net in NETS.items():
+        monkeypatch.setitem(registry.ARCHES, f"test-{name}", lambda num_classes, make_net=make_net, **_: make_net())
+        save_checkpoint(store.installed_path(name), make_net(), arch=f"test-{name}", classes=[], kind="embedder")
     ids = [f"id{k}" for k in range(6)]
     for name in ("tiny0", "loose1"):
         net = NETS[name]()

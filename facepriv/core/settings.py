@@ -77,18 +77,23 @@ class CloakSettings:
         """Settings from parsed options: given > --preset > field defaults (`_from_args`)."""
         return _from_args(cls, args, installed, perturbation, models_dir)
 
-    def output_fields(self, model_sha: str | None) -> dict[str, Any]:
+    def output_fields(self, model_sha: str | None, surrogate_sha: Sequence[str] | None = None) -> dict[str, Any]:
+        """What shaped the cloak: the settings, the model's file sha256 and, for embed-pgd,
+        each surrogate's weights sha256 in `surrogate` order (`models.store.weights_sha256`),
+        so a different model installed under the same name re-cloaks in an incremental run."""
         d = dataclasses.asdict(self)
         for k in ("face_batch", "judge", "redetect", "device", "model"):
             d.pop(k)
         if self.attack != "embed-pgd":  # keep the settings hash of other attacks' runs unchanged
             for k in EMBED_FIELDS:
                 d.pop(k)
+        else:
+            d["surrogate_sha256"] = None if surrogate_sha is None else list(surrogate_sha)
         d["model_sha256"] = model_sha
         return d
 
-    def hash(self, model_sha: str | None) -> str:
-        blob = json.dumps(self.output_fields(model_sha), sort_keys=True, default=str)
+    def hash(self, model_sha: str | None, surrogate_sha: Sequence[str] | None = None) -> str:
+        blob = json.dumps(self.output_fields(model_sha, surrogate_sha), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -96,15 +96,20 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
     batches included: the lease renews itself in the background; `force_lock` takes it over.
     Manifest rows are written in parts of up to `part_rows` rows, none held back longer than
     `part_seconds` (manifest.PartWriter), and all before the summary and the compaction.
+    Surrogates (embed-pgd): read once here, on the driver (its $FACEPRIV_HOME or the paths
+    given), and handed to every worker through the object store (`ray.put`), so no node needs
+    them installed and every worker crafts with the weights the settings hash names.
     """
     from facepriv.runs import incremental as inc
     from facepriv.runs.lock import DstLock
     from facepriv.distributed.listing import ListingSource, count_async
     from facepriv.runs.progress import Progress
     from facepriv.distributed.worker import ShardWorker
+    from facepriv.strategies import read_surrogates
 
     src_a, dst_a = open_pair(src, dst, s3_endpoint, retries)
     preflight(src_a, settings, allow_empty)  # user mistakes: exit 2 before Ray starts or DST is created
+    surrogates = read_surrogates(settings)
     run_id = new_run_id()
     with DstLock(dst_a, run_id) as lock:
         lock.acquire(force=force_lock)
@@ -119,6 +124,9 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
         counter = count_async(src_a)
         log(f"run {run_id}: {src} -> {dst} ({workers} worker(s), {gpw:g} GPU each, "
             f"{threads} torch thread(s) each, batches of {batch_size})")
+        if surrogates:
+            log("surrogates read on the driver and shipped to the workers: "
+                + ", ".join(f"{w.spec} (weights sha256 {w.sha256[:12]})" for w in surrogates))
         t0 = time.perf_counter()
         tally = Tally()
         rdir = manifest.run_dir(run_id)
@@ -127,7 +135,8 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
         out = ds.map_batches(
             ShardWorker,
             fn_constructor_kwargs=dict(src=src, dst=dst, settings=settings, run_id=run_id, s3_endpoint=s3_endpoint,
-                                       retries=retries, torch_threads=threads, incremental=incremental),
+                                       retries=retries, torch_threads=threads, incremental=incremental,
+                                       surrogates=ray.put(surrogates)),
             batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpw,
             num_cpus=1 if not gpw else 0, batch_format="numpy", zero_copy_batch=True,
         )  # Ray Data restarts dead actors and retries their batches by default (max_restarts=-1)

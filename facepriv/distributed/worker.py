@@ -33,10 +33,19 @@ def _node_id() -> str | None:
 
 
 class ShardWorker:
+    """`surrogates`: the driver's `strategies.read_surrogates(settings)`, or a Ray object
+    reference to it (`ray.put` on the driver): the worker builds the surrogates from those
+    bytes, never from its own node's $FACEPRIV_HOME."""
+
     def __init__(self, src: str, dst: str, settings: CloakSettings, run_id: str, s3_endpoint: str | None = None,
-                 retries: int = 5, torch_threads: int | None = None, incremental: bool = True):
+                 retries: int = 5, torch_threads: int | None = None, incremental: bool = True,
+                 surrogates=None):
+        if surrogates is not None and not isinstance(surrogates, list):
+            import ray
+
+            surrogates = ray.get(surrogates)
         self.cloaker = Cloaker(src, dst, settings, run_id, s3_endpoint=s3_endpoint, retries=retries,
-                               torch_threads=torch_threads)
+                               torch_threads=torch_threads, surrogates=surrogates)
         node = _node_id()
         self.cloaker.worker = f"{socket.gethostname()}:{os.getpid()}" + (f"@{node}" if node else "")
         self.prior = PriorIndex(self.cloaker.dst) if incremental else None

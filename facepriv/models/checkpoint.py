@@ -65,6 +65,11 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu") -> Loaded:
         raise CheckpointError(f"model checkpoint {path!r} not found; train one with `facepriv train`") from None
     except IsADirectoryError:
         raise CheckpointError(f"model checkpoint {path!r} is a directory, not a file") from None
+    return checkpoint_from_bytes(data, path, device)
+
+
+def checkpoint_from_bytes(data: bytes, path: str, device: str | torch.device = "cpu") -> Loaded:
+    """A checkpoint from its bytes (`path` names it in errors)."""
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, AttributeError) as e:

@@ -4,12 +4,18 @@
 e.g. imported TF.js embedders written by `facepriv models install`). A surrogate *spec* is an
 installed model's name (``mobilefacenet``), a checkpoint path (``x.pt``) or a TF.js graph
 model (``x.json``, imported on the fly).
+
+A run's driver reads each surrogate once (`read_surrogate`: a facepriv checkpoint's bytes and
+the sha256 of the weights they hold) and hands that to its workers, which build the model from
+the bytes (`build_surrogate`, checking the sha256) instead of looking in their own
+`$FACEPRIV_HOME`: every worker crafts with the weights the settings hash names.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 
 from facepriv.errors import FacePrivError
 
@@ -75,6 +81,53 @@ def load_surrogate(spec: str, device="cpu"):
     from facepriv.models.checkpoint import load_checkpoint
 
     return load_checkpoint(path, device).model.eval()
+
+
+@dataclass(frozen=True)
+class SurrogateWeights:
+    """One surrogate as a driver read it: its spec, the bytes of a facepriv checkpoint holding
+    it (the .pt file's own bytes; a TF.js .json imported once, as `models install` saves it)
+    and the sha256 of its weights (`weights_sha256`)."""
+
+    spec: str
+    data: bytes
+    sha256: str
+
+
+def read_surrogate(spec: str) -> SurrogateWeights:
+    """Read a surrogate by spec from this machine (`resolve`: $FACEPRIV_HOME or a path)."""
+    from facepriv.models.checkpoint import checkpoint_from_bytes
+
+    path = resolve(spec)
+    if path.endswith(".json"):
+        import tempfile
+
+        from facepriv.models.tfjs import import_tfjs, save_imported
+
+        net = import_tfjs(path)
+        with tempfile.TemporaryDirectory() as tmp:  # saved as `models install` saves it
+            saved = os.path.join(tmp, "imported.pt")
+            save_imported(net, saved)
+            with open(saved, "rb") as f:
+                data = f.read()
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
+        net = checkpoint_from_bytes(data, path).model
+    return SurrogateWeights(spec, data, weights_sha256(net))
+
+
+def build_surrogate(weights: SurrogateWeights, device="cpu"):
+    """The nn.Module (eval mode, on device) from a read surrogate's bytes; refuses bytes whose
+    weights do not hash to `weights.sha256`."""
+    from facepriv.models.checkpoint import checkpoint_from_bytes
+
+    net = checkpoint_from_bytes(weights.data, f"surrogate {weights.spec}", device).model.eval()
+    sha = weights_sha256(net)
+    if sha != weights.sha256:
+        raise FacePrivError(f"surrogate {weights.spec!r}: the weights received hash to {sha[:16]}, not "
+                            f"{weights.sha256[:16]} as read by the driver (corrupted in transfer?)")
+    return net
 
 
 def weights_sha256(module) -> str:

@@ -37,7 +37,7 @@ from facepriv.pipeline.judge import JudgeStage, match_faces
 from facepriv.pipeline.faces import Detection, DetectorSettings, FaceDetector
 from facepriv.core.settings import CloakSettings, step_plan
 from facepriv.models.checkpoint import load_checkpoint
-from facepriv.strategies import REGISTRY, FaceItem, make as make_strategy
+from facepriv.strategies import REGISTRY, FaceItem, make as make_strategy, read_surrogates
 
 
 def resolve_device(device: str) -> torch.device:
@@ -72,10 +72,15 @@ class _Verified(NamedTuple):
 
 
 class Cloaker(JudgeStage):
-    """Load once, cloak many: `process(keys) -> rows`."""
+    """Load once, cloak many: `process(keys) -> rows`.
+
+    `surrogates`: the attack's surrogate models as the run's driver read them
+    (`strategies.read_surrogates`; None: read here). Their weights' sha256 are part of the
+    settings hash, so an incremental run re-cloaks when they change."""
 
     def __init__(self, src: str, dst: str, settings: CloakSettings, run_id: str,
-                 s3_endpoint: str | None = None, retries: int = 5, torch_threads: int | None = None):
+                 s3_endpoint: str | None = None, retries: int = 5, torch_threads: int | None = None,
+                 surrogates: list | None = None):
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.settings = settings
@@ -90,13 +95,16 @@ class Cloaker(JudgeStage):
         self.classes = self.loaded.classes if self.loaded else []
         self.class_index = {c: i for i, c in enumerate(self.classes)}
         self.model_sha = self.loaded.sha256 if self.loaded else None
-        self.settings_hash = settings.hash(self.model_sha)
-        self.settings_json = json.dumps(settings.output_fields(self.model_sha), sort_keys=True, default=str)
+        surrogates = read_surrogates(settings) if surrogates is None else surrogates
+        shas = [w.sha256 for w in surrogates]
+        self.settings_hash = settings.hash(self.model_sha, shas)
+        self.settings_json = json.dumps(settings.output_fields(self.model_sha, shas), sort_keys=True, default=str)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         if settings.target is not None and settings.target not in self.class_index:
             raise FacePrivError(f"--target {settings.target!r} is not one of the model's classes")
         per_call, self.rounds = step_plan(settings, self._resumable(settings))
-        self.strategy = make_strategy(dataclasses.replace(settings, steps=per_call), self.loaded, self.device)
+        self.strategy = make_strategy(dataclasses.replace(settings, steps=per_call), self.loaded, self.device,
+                                      surrogates)
 
     def _resumable(self, settings: CloakSettings) -> bool:
         """Whether the attack can be re-run on faces from their current cloak (pgd), so the

@@ -10,7 +10,9 @@ Skip rule (decided per photo in the workers, `should_skip`): a photo is skipped 
 compacted view has a row for its key with status ok/no_face, the same `content_sha256` (the
 worker hashes the source bytes - reading is far cheaper than detecting and attacking, and
 unlike size/mtime/ETag it is exact on every storage), the same `settings_hash` (attack
-settings + model sha256) and the output file still exists under DST. Error rows are retried.
+settings + model sha256 + for embed-pgd each surrogate's weights sha256, so a different model
+installed under the same name re-cloaks) and the output file still exists under DST. Error
+rows are retried.
 A `skipped` row never replaces the row that describes the file on disk in the compacted view.
 
 Resume: the run folds every earlier run (finished or interrupted) into the view *before* it

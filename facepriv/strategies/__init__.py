@@ -18,10 +18,22 @@ from facepriv.strategies.uap import UniversalStrategy
 
 REGISTRY: dict[str, type] = {s.name: s for s in (FGSMStrategy, PGDStrategy, UniversalStrategy, EmbedPGDStrategy)}
 
-__all__ = ["REGISTRY", "FaceItem", "Strategy", "WrittenModel", "make"]
+__all__ = ["REGISTRY", "FaceItem", "Strategy", "WrittenModel", "make", "read_surrogates"]
 
 
-def make(settings, loaded, device: torch.device) -> Strategy:
+def read_surrogates(settings) -> list:
+    """The surrogate models the attack of `settings` is crafted on (`models.store.SurrogateWeights`,
+    read from this machine; [] for attacks without): what a run's driver reads once and hands
+    to `make` on every worker."""
+    read = getattr(REGISTRY.get(settings.attack), "read_surrogates", None)
+    return read(settings) if read is not None else []
+
+
+def make(settings, loaded, device: torch.device, surrogates: list | None = None) -> Strategy:
+    """A strategy for `settings.attack`; `surrogates`: `read_surrogates(settings)` as the driver
+    read them (None: read here)."""
     if settings.attack not in REGISTRY:
         raise FacePrivError(f"unknown attack {settings.attack!r}; choose one of {sorted(REGISTRY)}")
-    return REGISTRY[settings.attack](settings=settings, loaded=loaded, device=device)
+    factory = REGISTRY[settings.attack]
+    extra = {"surrogates": surrogates} if hasattr(factory, "read_surrogates") else {}
+    return factory(settings=settings, loaded=loaded, device=device, **extra)

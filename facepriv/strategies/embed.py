@@ -1,9 +1,10 @@
 """The "embed-pgd" strategy: label-free cloaks against pretrained face-embedding surrogates.
 
 Built once per worker: the surrogates named by ``settings.surrogate`` (comma-separated
-specs, `facepriv.models.store.load_surrogate`: installed names, .pt checkpoints or TF.js
-.json graphs) are loaded once. Per chunk of faces, each surrogate sees the regions through
-its own 5-point alignment (`JitteredAlign`: its crop template and input size, plus input
+specs: installed names, .pt checkpoints or TF.js .json graphs) are built once, from the bytes
+the run's driver read (`read_surrogates`, `facepriv.models.store.build_surrogate`; read here
+when none are given), not from the worker's own $FACEPRIV_HOME. Per chunk of faces, each
+surrogate sees the regions through its own 5-point alignment (`JitteredAlign`: its crop template and input size, plus input
 diversity) and all of them see what the written file will hold (`WrittenModel`: uint8 +
 the JPEG round trip, straight-through gradients). The attack is
 `facepriv.attacks.embed_pgd.embed_pgd`.
@@ -79,21 +80,33 @@ def face_seed(pixels: torch.Tensor) -> int:
     return int.from_bytes(h.digest()[:8], "little")
 
 
+def read_surrogates(settings) -> list:
+    """The surrogates of ``settings.surrogate``, read from this machine (`store.read_surrogate`)."""
+    from facepriv.models.store import read_surrogate
+
+    return [read_surrogate(spec) for spec in specs_of(getattr(settings, "surrogate", None))]
+
+
 class EmbedPGDStrategy:
     name = "embed-pgd"
     resumable = False
+    read_surrogates = staticmethod(read_surrogates)
 
-    def __init__(self, settings, loaded, device):
-        from facepriv.models.store import load_surrogate
+    def __init__(self, settings, loaded, device, surrogates=None):
+        from facepriv.models.store import build_surrogate
 
         specs = specs_of(getattr(settings, "surrogate", None))
         if not specs:
             raise FacePrivError("--attack embed-pgd needs --surrogate NAMES (comma-separated installed names, "
                                 ".pt or TF.js .json paths; see `facepriv models install`), or --preset protect")
+        if surrogates is None:
+            surrogates = read_surrogates(settings)
+        if [w.spec for w in surrogates] != specs:
+            raise FacePrivError(f"embed-pgd: surrogates {[w.spec for w in surrogates]} given for --surrogate {specs}")
         self.s, self.device = settings, device
         self.nets = []
-        for spec in specs:
-            net = load_surrogate(spec, device)
+        for spec, w in zip(specs, surrogates):
+            net = build_surrogate(w, device)
             if getattr(net, "kind", None) != "embedder":
                 raise FacePrivError(f"surrogate {spec!r} is a {getattr(net, 'kind', 'unknown')!r} model; "
                                     "embed-pgd needs face-embedding models")
@@ -103,9 +116,7 @@ class EmbedPGDStrategy:
         self.specs = specs
         self.banks: list[torch.Tensor | None] = []  # per surrogate: (N, D) decoy embeddings
         if getattr(settings, "embed_loss", "untargeted") == "decoy":
-            from facepriv.models.store import weights_sha256
-
-            found = [find_bank(weights_sha256(net)) for net in self.nets]
+            found = [find_bank(w.sha256) for w in surrogates]  # the sha256 build_surrogate checked
             have = [b for b in found if b is not None]
             check_same_ids(have)
             for spec, b in zip(specs, found):
