@@ -58,6 +58,9 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
                    help="write report.json, *.parquet, index.html and its chart PNGs here "
                         "(default: FIRST_DST/_facepriv/report/)")
     o.add_argument("--device", default="cpu", help="torch device for MTCNN and the surrogate (default cpu)")
+    o.add_argument("--markdown", action="store_true",
+                   help="print a markdown table per run (each judge's identification / verification protection on "
+                        "the written file and after each transform, and the face quality) instead of the wide table")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     o.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3 / AWS)")
     o.add_argument("--retries", type=int, default=5, help="attempts per storage call (default 5)")
@@ -75,10 +78,13 @@ def settings_from_args(args: argparse.Namespace):
 
 def cmd_report(args: argparse.Namespace) -> int:
     from facepriv.report.build import build_report, print_runs
-    from facepriv.report.headline import headline
+    from facepriv.report.headline import expect_table, headline
 
     report = build_report(args.dsts, settings_from_args(args), log=lambda m: print(m, file=sys.stderr, flush=True))
-    print_runs(report)
+    if args.markdown:
+        print(expect_table(report))
+    else:
+        print_runs(report)
     for line in headline(report):
         print(line)
     print(f"report: {report['written_to']}/index.html (report.json, *.parquet)", file=sys.stderr)

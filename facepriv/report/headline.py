@@ -41,3 +41,29 @@ def headline(report: dict[str, Any]) -> list[str]:
                      + ("; ".join(parts) if parts else "no judge (pass --judge dlib,sface)")
                      + (f". Quality: {quality}" if quality else ""))
     return lines
+
+
+def expect_table(report: dict[str, Any]) -> str:
+    """A markdown table per run: each judge's identification and verification protection on the
+    written file and under every transform judged, and the face quality (`facepriv report
+    --markdown`; the README's "what protection to expect" table is this output)."""
+    stages = ["written"] + list(report.get("transforms") or [])
+    names = {"written": "written file", "down0.5": "half size"}
+    head = ["run", "judge", "protocol"] + [names.get(s, f"JPEG q{s[4:]}" if s.startswith("jpeg") else s) for s in stages]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report.get("runs", []):
+        for name in report.get("judges", []):
+            for proto in ("identification", "verification"):
+                cells = []
+                for s in stages:
+                    j = (r.get("judges", {}).get(name) if s == "written"
+                         else r.get("robustness", {}).get(s, {}).get("judges", {}).get(name)) or {}
+                    v = j.get("protection_rate") if proto == "identification" else verification_rate(j)
+                    cells.append(_pct(v))
+                if set(cells) != {"-"}:
+                    lines.append(f"| {r['run_id']} | {name} | {proto} | " + " | ".join(cells) + " |")
+        q = r.get("face_ssimulacra2_min")
+        if q is not None and r.get("face_psnr_mean") is not None:
+            lines.append(f"| {r['run_id']} | face quality | | face PSNR {r['face_psnr_mean']:.1f} dB, SSIMULACRA 2 "
+                         f"mean {r['face_ssimulacra2_mean']:.0f} / min {q:.0f} |" + " |" * (len(stages) - 1))
+    return "\n".join(lines)
