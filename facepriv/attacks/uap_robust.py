@@ -7,7 +7,7 @@ out. This variant optimises v *through* that chain instead (expectation over tra
 with sign-gradient steps on mini-batches; cf. SGD universal perturbations, Shafahi et al. 2020):
 
     chain(x, v): the face and v resized to a face-box side b (v added at the box's own
-    resolution, as `uap_apply.add_universal` does), clipped to [0, 1] and quantised to uint8
+    resolution, as `strategies.uap.add_universal` does), clipped to [0, 1] and quantised to uint8
     (straight-through), then re-cropped with a small shift and scale (a re-detected box) and
     resized back to the model's input size S.
 

@@ -14,7 +14,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -224,8 +224,3 @@ def rows_from_table(table: pa.Table) -> list[dict[str, Any]]:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=str)
-
-
-def iter_rows(tables: Iterable[pa.Table]):
-    for t in tables:
-        yield from t.to_pylist()
