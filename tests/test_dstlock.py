@@ -216,3 +216,29 @@ def test_a_batch_slower_than_the_lease_does_not_let_a_second_run_in(tmp_path, mo
     assert isinstance(second[0], DstBusy), "a second run took DST over mid-batch and ran to its end"
     assert len(calls) == 1 and summary["inputs"] == 1
     assert not (dst / LOCK_KEY).exists()
+
+
+def test_reading_a_lease_that_is_rewritten_meanwhile_reads_the_new_one(tmp_path):
+    """On S3 a lease renewed between s3fs's HEAD and GET raises FileExpired: read again."""
+    dst = Archive(str(tmp_path), {})
+    lock = DstLock(dst, "run-1")
+    lock.acquire()
+    lock.release()
+
+    class FileExpired(OSError):
+        pass
+
+    real = dst.fs.cat_file
+    calls = []
+
+    def changing(path, *a, **k):
+        calls.append(path)
+        if len(calls) == 1:
+            raise FileExpired(16, "The remote file ... no longer exists.")
+        return json.dumps({"run_id": "run-9", "heartbeat": time.time()}).encode()
+
+    dst.fs.cat_file = changing
+    try:
+        assert DstLock(dst, "run-2").read()["run_id"] == "run-9" and len(calls) == 2
+    finally:
+        dst.fs.cat_file = real

@@ -32,6 +32,7 @@ from facepriv.errors import FacePrivError
 LOCK_KEY = "_facepriv/lock.json"
 STALE_AFTER = 600.0  # seconds without a heartbeat before a lease counts as abandoned
 HEARTBEAT = 30.0
+READ_ATTEMPTS = 5  # reads of a lease another run rewrites meanwhile
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +85,21 @@ class DstLock:
         self._lost: str | None = None  # why the lease is not ours any more (a takeover)
 
     def read(self) -> dict[str, Any] | None:
-        # only the lease's own cache entry: the keeper thread must not drop the listings the driver uses
-        self.dst.fs.invalidate_cache(self.path)
-        try:
-            return json.loads(self.dst.fs.cat_file(self.path))
-        except FileNotFoundError:
-            return None
-        except (ValueError, UnicodeDecodeError):
-            return {"run_id": None, "heartbeat": 0}  # unreadable: treat as abandoned
+        for attempt in range(READ_ATTEMPTS):
+            # only the lease's own cache entry: the keeper thread must not drop the listings the driver uses
+            self.dst.fs.invalidate_cache(self.path)
+            try:
+                return json.loads(self.dst.fs.cat_file(self.path))
+            except FileNotFoundError:
+                return None
+            except (ValueError, UnicodeDecodeError):
+                return {"run_id": None, "heartbeat": 0}  # unreadable: treat as abandoned
+            except OSError as e:
+                # the holder renewed the lease between s3fs's HEAD and its GET (the ETag no longer
+                # matches: s3fs FileExpired / PreconditionFailed): read the new one
+                if attempt + 1 == READ_ATTEMPTS or not _rewritten_while_read(e):
+                    raise
+        return None
 
     def _record(self) -> bytes:
         now = self.clock()
@@ -191,3 +199,8 @@ class DstLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _rewritten_while_read(e: OSError) -> bool:
+    """s3fs's error when an object changes between its HEAD and its ranged GET."""
+    return type(e).__name__ == "FileExpired" or "pre-condition" in str(e) or "PreconditionFailed" in str(e)
