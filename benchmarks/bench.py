@@ -112,15 +112,16 @@ def run_facepriv(src: Path, dst: Path, settings, batch_size: int = 8) -> dict[st
     a = Archive(str(dst), {})
     rdir = f"{a.root}/_facepriv/runs/{summary['run_id']}/manifest"
     parts = sorted(p for p in a.fs.find(rdir) if p.endswith(".parquet"))
-    faces_per_call: list[int] = []
     rows: list[dict] = []
     for p in parts:
         with a.fs.open(p, "rb") as f:
             import pyarrow.parquet as pq
 
-            part_rows = pq.read_table(f, schema=manifest.SCHEMA).to_pylist()
-        rows += part_rows
-        faces_per_call.append(sum(r["n_faces"] or 0 for r in part_rows if r["status"] == "ok"))
+            rows += pq.read_table(f, schema=manifest.SCHEMA).to_pylist()
+    # the rows in the order the photos were cloaked, batch_size photos per pipeline call (a manifest
+    # part holds any number of calls' rows: manifest.PartWriter)
+    faces_per_call = [sum(r["n_faces"] or 0 for r in rows[i : i + batch_size] if r["status"] == "ok")
+                      for i in range(0, len(rows), batch_size)]
     seconds = float(summary["seconds"])  # the timed loop: model loading excluded
     photos = len(rows)
     faces = sum(faces_per_call)

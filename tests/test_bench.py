@@ -144,6 +144,24 @@ def test_bench_writes_the_report(tmp_path, capsys):
     assert "speedup_vs_naive_fgsm" in capsys.readouterr().out
 
 
+def test_bench_counts_the_faces_of_each_pipeline_call(tmp_path):
+    """The bare cost is timed on the attack batches the pipeline ran: the faces of each
+    process() call (batch_size photos), however the manifest groups its rows into parts."""
+    from facepriv.cli.bench import harness
+    from facepriv.core.settings import CloakSettings
+
+    bench = harness()
+    photos = bench.list_photos([str(FIXTURES)])
+    src = bench.stage(photos + [(f, "again/" + k) for f, k in photos], tmp_path / "src")  # 8 photos
+    model = random_checkpoint(str(tmp_path / "m.pt"), ["Colin_Powell", "Gerhard_Schroeder"])
+    s = CloakSettings(model=model, attack="fgsm", views=1, judge=False, device="cpu")
+    run = bench.run_facepriv(src, tmp_path / "dst", s, batch_size=1)
+    assert run["photos"] == 8 and run["faces"] >= 8
+    assert len(run["faces_per_call"]) == 8 and sum(run["faces_per_call"]) == run["faces"]
+    assert all(n >= 1 for n in run["faces_per_call"])
+    assert bench.attack_batches(run["faces_per_call"], 32) == run["faces_per_call"]
+
+
 @pytest.mark.slow
 def test_bench_protect_preset_without_a_classifier(tmp_path, monkeypatch, capsys):
     """`facepriv bench PHOTOS` with a (tiny) surrogate installed and no --model: the protect preset's
