@@ -190,7 +190,7 @@ def test_bench_protect_preset_without_a_classifier(tmp_path, monkeypatch, capsys
     assert d["attack_steps_per_face"] == 40
     assert d["input_size"] == {"mobilefacenet": 112}
     for k in ("seconds", "photos_per_s", "faces_per_s", "pipeline_per_face_s", "bare_s", "bare_per_face_s", "ratio",
-              "surrogate_in_run_over_bare"):
+              "surrogate_in_run_over_bare", "ratio_over_in_run_surrogate"):
         assert isinstance(d[k], float) and d[k] > 0, k
     assert r["preset_per_face_cost_ratio"] == d["ratio"]
     assert sum(d["faces_per_call"]) == d["faces"] and set(d["fwd_bwd_s_by_batch"]) == {str(n) for n in d["faces_per_call"]}
