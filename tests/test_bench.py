@@ -125,7 +125,7 @@ def test_bench_writes_the_report(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(["bench", str(photos), "--model", model, "--out", str(out), "--warmup", "1", "--steps", "2",
                "--views", "2", "--irv1-photos", "1", "--rss-n", "2", "--no-ray", "--no-progress",
-               "--threads", "1"])
+               "--threads", "1", "--preset", "none"])
     assert rc == 0
     r = json.loads(out.read_text())
     assert r["photos"] == 3
@@ -142,6 +142,71 @@ def test_bench_writes_the_report(tmp_path, capsys):
     assert cost["attack_steps_per_face"] == 2  # kappa = inf: every step forced
     assert set(cost["breakdown_s"]) >= {"t_read", "t_detect", "t_attack", "t_write", "t_judge"}
     assert "speedup_vs_naive_fgsm" in capsys.readouterr().out
+
+
+def test_bench_counts_the_faces_of_each_pipeline_call(tmp_path):
+    """The bare cost is timed on the attack batches the pipeline ran: the faces of each
+    process() call (batch_size photos), however the manifest groups its rows into parts."""
+    from facepriv.cli.bench import harness
+    from facepriv.core.settings import CloakSettings
+
+    bench = harness()
+    photos = bench.list_photos([str(FIXTURES)])
+    src = bench.stage(photos + [(f, "again/" + k) for f, k in photos], tmp_path / "src")  # 8 photos
+    model = random_checkpoint(str(tmp_path / "m.pt"), ["Colin_Powell", "Gerhard_Schroeder"])
+    s = CloakSettings(model=model, attack="fgsm", views=1, judge=False, device="cpu")
+    run = bench.run_facepriv(src, tmp_path / "dst", s, batch_size=1)
+    assert run["photos"] == 8 and run["faces"] >= 8
+    assert len(run["faces_per_call"]) == 8 and sum(run["faces_per_call"]) == run["faces"]
+    assert all(n >= 1 for n in run["faces_per_call"])
+    assert bench.attack_batches(run["faces_per_call"], 32) == run["faces_per_call"]
+
+
+@pytest.mark.slow
+def test_bench_protect_preset_without_a_classifier(tmp_path, monkeypatch, capsys):
+    """`facepriv bench PHOTOS` with a (tiny) surrogate installed and no --model: the protect preset's
+    section alone - throughput, the per-face cost over the bare surrogate, the breakdown, peak RSS."""
+    from test_models_cli import tiny_package
+
+    from facepriv.cli import main
+    from facepriv.models import store
+
+    monkeypatch.setenv("FACEPRIV_HOME", str(tmp_path / "home"))
+    assert main(["models", "install", "--from", str(tiny_package(tmp_path / "pkg", names=("mobilefacenet",)))]) == 0
+    assert store.installed() == ["mobilefacenet"]
+    photos = tmp_path / "photos"
+    for p in sorted(FIXTURES.rglob("*.jpg"))[:2]:
+        (photos / p.parent.name).mkdir(parents=True, exist_ok=True)
+        (photos / p.parent.name / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "bench.json"
+    capsys.readouterr()
+    assert main(["bench", str(photos), "--out", str(out), "--preset-rss-n", "1", "--threads", "1",
+                 "--no-progress"]) == 0  # no --model, no --preset: protect, as surrogates are installed
+    r = json.loads(out.read_text())
+    assert "facepriv_fgsm" not in r and "speedup_vs_naive_fgsm" not in r  # the classifier parts need --model
+    d = r["preset"]
+    assert (d["preset"], d["attack"], d["surrogate"], d["device"]) == ("protect", "embed-pgd", "mobilefacenet", "cpu")
+    assert d["steps"] == 40 and d["photos"] == 2 and d["faces"] >= 2 and d["errors"] == 0
+    assert d["attack_steps_per_face"] == 40
+    assert d["input_size"] == {"mobilefacenet": 112}
+    for k in ("seconds", "photos_per_s", "faces_per_s", "pipeline_per_face_s", "bare_s", "bare_per_face_s", "ratio",
+              "surrogate_in_run_over_bare", "ratio_over_in_run_surrogate"):
+        assert isinstance(d[k], float) and d[k] > 0, k
+    assert r["preset_per_face_cost_ratio"] == d["ratio"]
+    assert sum(d["faces_per_call"]) == d["faces"] and set(d["fwd_bwd_s_by_batch"]) == {str(n) for n in d["faces_per_call"]}
+    b = d["breakdown_s"]
+    assert list(b) == ["read", "detect", "align", "surrogate", "quality", "write_sim", "budget", "attack_other",
+                       "encode", "write", "judge", "other"]
+    for k in ("read", "detect", "align", "surrogate", "quality", "write_sim", "budget", "encode", "judge"):
+        assert b[k] > 0, k
+    assert sum(b.values()) == pytest.approx(d["seconds"], rel=1e-6)  # the parts are disjoint and cover the run
+    clock = d["stage_clock_s"]
+    assert clock["align_bwd"] > 0 and clock["net_bwd"] > 0 and clock["gradient"] > clock["grad_fwd"] > 0
+    assert d["rss"]["n"]["photos"] == 1 and d["rss"]["10n"]["photos"] == 10
+    assert d["rss"]["n"]["peak_rss_bytes"] > 0 and d["rss_ratio_10n_over_n"] > 0
+    table = capsys.readouterr().out
+    assert "preset protect (embed-pgd on mobilefacenet, 40 steps" in table and "ratio" in table
+    assert "budget" in table and "naive" not in table
 
 
 def test_bench_without_torchattacks_says_how_to_install(monkeypatch, tmp_path):

@@ -79,6 +79,51 @@ def test_quality_term_raises_the_face_score():
     assert q.last is not None and q.last.shape == (3,)
 
 
+def test_reference_side_is_computed_once_with_the_same_scores(monkeypatch):
+    """`perceptual.Reference` (and `metrics.Ssimulacra2Ref`, the budget's scorer) prepare the
+    original's half once; each score then converts only the candidate, with ssimulacra2's values."""
+    from facepriv.core import metrics, perceptual
+
+    o = _face()
+    rng = np.random.default_rng(0)
+    cands = [np.clip(o.astype(int) + rng.integers(-k, k + 1, o.shape), 0, 255).astype(np.uint8) for k in (3, 6)]
+    want = [ssimulacra2(_t(o), _t(c)) for c in cands]
+    want_np = [metrics.ssimulacra2(o, c) for c in cands]
+    calls = []
+    real = perceptual._xyb
+    monkeypatch.setattr(perceptual, "_xyb", lambda lin: calls.append(lin.shape) or real(lin))
+    ref = perceptual.Reference(_t(o))
+    scales = len(calls)
+    assert scales == 5  # 150x123: five scales of at least 8 px
+    assert [torch.equal(ref.score(_t(c)), w) for c, w in zip(cands, want)] == [True, True]
+    assert len(calls) == 3 * scales  # the reference once, then each candidate
+    calls.clear()
+    prepared = metrics.Ssimulacra2Ref(o)
+    assert [prepared.score(c) for c in cands] == want_np
+    assert len(calls) == 3 * scales
+
+
+def test_quality_term_runs_no_backward_for_faces_above_the_target():
+    """The term is max(0, target - S) per face: a face above the target adds 0 and no gradient,
+    so only the faces below it are differentiated; the gradient is the dense formula's, bit for bit."""
+    x, _ = _regions(n=3, size=48)
+    boxes = [(6, 6, 42, 42)] * 3
+    g = torch.Generator().manual_seed(0)
+    amp = torch.tensor([12.0, 2.0, 1.0]).view(3, 1, 1, 1) / 255  # face 0 visibly changed, 1 and 2 barely
+    xin = (x + amp * torch.randn(x.shape, generator=g)).clamp(0, 1).requires_grad_(True)
+    crop = (slice(None), slice(None), slice(6, 42), slice(6, 42))
+    scores = torch.cat([ssimulacra2(x[i : i + 1][crop], xin[i : i + 1][crop]) for i in range(3)])
+    target = float(scores[0].detach() + scores[1:].detach().min()) / 2
+    assert scores[0] < target < scores[1:].min()
+    dense = 20.0 * (target - scores).clamp_min(0).sum() / 100.0
+    (want,) = torch.autograd.grad(dense, xin)
+    q = QualityTerm(boxes, target=target, weight=20.0)
+    (got,) = torch.autograd.grad(q.penalty(x, xin), xin)
+    assert torch.equal(got, want) and got[0].abs().sum() > 0 and (got[1:] == 0).all()
+    assert torch.equal(q.last, scores.detach())
+    assert QualityTerm(boxes, target=float(scores.min()) - 1).penalty(x, xin) is None  # every face above it
+
+
 def test_face_psnr_ball_holds_and_eps_still_caps():
     x, lm = _regions(n=3, size=48)
     models = _models(lm)

@@ -157,14 +157,25 @@ class QualityTerm:
         self.boxes = [tuple(int(v) for v in b) for b in boxes]
         self.target, self.weight = float(target), float(weight)
         self.last: torch.Tensor | None = None
+        self._refs: tuple[torch.Tensor, list] | None = None  # (x, each face's perceptual.Reference)
 
-    def penalty(self, x: torch.Tensor, xin: torch.Tensor) -> torch.Tensor:
-        from facepriv.core.perceptual import ssimulacra2
+    def penalty(self, x: torch.Tensor, xin: torch.Tensor) -> torch.Tensor | None:
+        """The term for the regions `xin` (what the file will hold) against the originals `x`;
+        None when every face scores above the target (the term and its gradient are 0)."""
+        from facepriv.core.perceptual import Reference
 
-        scores = torch.cat([ssimulacra2(x[i : i + 1, :, y0:y1, x0:x1], xin[i : i + 1, :, y0:y1, x0:x1])
-                            for i, (x0, y0, x1, y1) in enumerate(self.boxes)])
-        self.last = scores.detach()
-        return self.weight * (self.target - scores).clamp_min(0).sum() / 100.0
+        if self._refs is None or self._refs[0] is not x:  # the original's side, once per attack
+            self._refs = (x, [Reference(x[i : i + 1, :, y0:y1, x0:x1].detach())
+                              for i, (x0, y0, x1, y1) in enumerate(self.boxes)])
+        scores = [ref.score(xin[i : i + 1, :, y0:y1, x0:x1])
+                  for i, (ref, (x0, y0, x1, y1)) in enumerate(zip(self._refs[1], self.boxes))]
+        self.last = torch.cat(scores).detach()
+        # only the faces below the target (clamp_min passes the gradient where target - score >= 0):
+        # the others add 0 to the term and to its gradient, so their backward is not run at all
+        below = [s for s, v in zip(scores, (self.target - self.last >= 0).tolist()) if v]
+        if not below:
+            return None
+        return self.weight * (self.target - torch.cat(below)).clamp_min(0).sum() / 100.0
 
 
 def texture_map(x: torch.Tensor, t: float) -> torch.Tensor:

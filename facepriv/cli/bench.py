@@ -1,9 +1,11 @@
-"""`facepriv bench PHOTO_DIR [...] --model MODEL.pt --out bench.json` (see benchmarks/bench.py)."""
+"""`facepriv bench PHOTO_DIR [...] [--model MODEL.pt] [--preset protect] --out bench.json` (see benchmarks/bench.py)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from facepriv.core.settings import PRESETS
 
 
 def add_parser(subparsers) -> None:
@@ -14,12 +16,25 @@ def add_parser(subparsers) -> None:
                     "naive per-photo MTCNN + torchattacks + PIL loop, the pipeline's per-face cost over the "
                     "surrogate's bare forward+backward for PGD (every step forced) on the model's arch and on "
                     "inception-resnet-v1, with a breakdown from the manifest's timing columns, and the peak RSS "
-                    "of cloaking N and 10N photos. Warm-up runs are excluded. Prints a table, writes JSON. "
-                    "Needs torchattacks: pip install -e '.[bench]'. Timings depend on the machine and its load; "
+                    "of cloaking N and 10N photos; and the product path, a preset (--preset protect, on by "
+                    "default when surrogates are installed): photos/s, faces/s, its per-face cost over the "
+                    "surrogate's bare forward+backward x the preset's steps, a breakdown (detect, align, attack, "
+                    "budget search, encode, judge, ...) and peak RSS of N and 10N photos. Without --model only the "
+                    "preset is measured. Warm-up runs are excluded. Prints a table, writes JSON. The --model parts "
+                    "need torchattacks: pip install -e '.[bench]'. Timings depend on the machine and its load; "
                     "ratios are measured side by side in this run.")
     b.add_argument("photo_dirs", nargs="+", metavar="PHOTO_DIR",
                    help="folders of photos (e.g. ../shared/data/lfw50 ../shared/data/photos/group)")
-    b.add_argument("--model", required=True, help="classifier checkpoint from `facepriv train`")
+    b.add_argument("--model", default=None, help="classifier checkpoint from `facepriv train`: the FGSM/PGD parts "
+                                                "(default: skipped)")
+    b.add_argument("--preset", default=None, choices=[*PRESETS, "none"],
+                   help="cloak preset to measure (default: protect when surrogates are installed or --surrogate "
+                        "is given, else none)")
+    b.add_argument("--surrogate", default=None,
+                   help="the preset's surrogates (default: the installed ones, as `facepriv cloak --preset` picks)")
+    b.add_argument("--preset-rss-n", type=int, default=3,
+                   help="N for the preset's peak-RSS runs of N and 10N photos (default 3; 0 skips them)")
+    b.add_argument("--device", default="auto", help="torch device for the cloaks (default auto: cuda if available)")
     b.add_argument("--out", default="bench.json", help="JSON to write (default bench.json)")
     b.add_argument("--limit", type=int, default=None,
                    help="at most this many photos per PHOTO_DIR, spread over its sub-folders (default all)")
@@ -50,6 +65,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     BenchOptions, format_table, run_bench = bench.BenchOptions, bench.format_table, bench.run_bench
 
     o = BenchOptions(photo_dirs=args.photo_dirs, model=args.model, out=args.out, limit=args.limit,
+                     preset=default_preset(args.preset, args.surrogate), surrogate=args.surrogate,
+                     preset_rss_n=args.preset_rss_n, device=args.device,
                      warmup=args.warmup, batch_size=args.batch_size, face_batch=args.face_batch, views=args.views,
                      fgsm_eps=args.eps, pgd_eps=args.pgd_eps, steps=args.steps, irv1_model=args.irv1_model,
                      irv1_photos=args.irv1_photos, rss_n=args.rss_n, ray=not args.no_ray, threads=args.threads,
@@ -58,6 +75,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(format_table(res))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def default_preset(preset: str | None, surrogate: str | None) -> str | None:
+    """--preset as given ("none": None); unset: protect when there is a surrogate to use."""
+    if preset is not None:
+        return None if preset == "none" else preset
+    from facepriv.models import store
+
+    return "protect" if surrogate or store.installed() else None
 
 
 def harness():

@@ -128,21 +128,24 @@ def ssimulacra2(ref: np.ndarray, dist: np.ndarray) -> float:
 
 
 class Ssimulacra2Ref:
-    """A reference image prepared for `ssimulacra2` (converted once)."""
+    """A reference image prepared for `ssimulacra2`: converted, and its half of the computation
+    done (`perceptual.Reference`), once, at the first score."""
 
     def __init__(self, ref: np.ndarray):
         self.ref = ref
         self.shape = ref.shape
-        self._t = _s2_tensor(ref)
+        self._ref = None
 
     def score(self, dist: np.ndarray) -> float:
-        from facepriv.core.perceptual import ssimulacra2 as s2
+        from facepriv.core.perceptual import Reference
 
         if dist.shape != self.shape:
             raise ValueError(f"ssimulacra2: shapes differ: {self.shape} vs {dist.shape}")
         if np.array_equal(self.ref, dist):
             return 100.0
-        return float(s2(self._t, _s2_tensor(dist)))
+        if self._ref is None:
+            self._ref = Reference(_s2_tensor(self.ref))
+        return float(self._ref.score(_s2_tensor(dist)))
 
 
 # ----------------------------------------------------------------------------- face regions

@@ -95,38 +95,65 @@ def _norms(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def ssimulacra2(ref: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
     """SSIMULACRA2 of `dist` against `ref`, (B,3,H,W) sRGB in [0, 1] -> (B,) scores.
     Differentiable in both (float64 inside for the small SSIM denominators)."""
-    if ref.shape != dist.shape or ref.dim() != 4 or ref.shape[1] != 3:
+    if ref.shape != dist.shape:
         raise ValueError(f"ssimulacra2 takes two (B,3,H,W) tensors of one shape, got {ref.shape} and {dist.shape}")
-    dtype = ref.dtype
-    k = _kernel()
-    l1, l2 = _srgb_to_linear(ref.double()), _srgb_to_linear(dist.double())
-    per_scale = []  # per scale: (B, 3 channels, 2 norms, 3 kinds)
-    for scale in range(NUM_SCALES):
-        if l1.shape[2] < 8 or l1.shape[3] < 8:
-            break
-        i1, i2 = _xyb(l1), _xyb(l2)
-        mu1, mu2 = _blur(i1, k), _blur(i2, k)
-        s11, s22, s12 = _blur(i1 * i1, k), _blur(i2 * i2, k), _blur(i1 * i2, k)
-        num_m = 1.0 - (mu1 - mu2) ** 2
-        num_s = 2.0 * (s12 - mu1 * mu2) + _C2
-        den_s = (s11 - mu1 * mu1) + (s22 - mu2 * mu2) + _C2
-        d = (1.0 - num_m * num_s / den_s).clamp_min(0.0)
-        ratio = (1.0 + (i2 - mu2).abs()) / (1.0 + (i1 - mu1).abs()) - 1.0
-        kinds = [_norms(d), _norms(ratio.clamp_min(0.0)), _norms((-ratio).clamp_min(0.0))]
-        # (B,3,2 norms,3 kinds)
-        per_scale.append(torch.stack([torch.stack([kd[0], kd[1]], -1) for kd in kinds], -1))
-        if scale < NUM_SCALES - 1:
-            l1 = F.avg_pool2d(l1, 2, ceil_mode=True)
-            l2 = F.avg_pool2d(l2, 2, ceil_mode=True)
-    if not per_scale:
-        return torch.full((ref.shape[0],), 100.0, dtype=dtype, device=ref.device)
-    # the reference's order: channel, scale, norm, kind
-    v = torch.stack(per_scale, 2)  # (B, 3, S, 2, 3)
-    w = _weights_for(len(per_scale), ref.device)
-    s = (v.abs() * w).sum((1, 2, 3, 4)) * 0.9562382616834844
-    s = 2.326765642916932 * s - 0.020884521182843837 * s * s + 6.248496625763138e-05 * s * s * s
-    out = torch.where(s > 0, 100.0 - 10.0 * s.clamp_min(1e-12).pow(0.6276336467831387), torch.full_like(s, 100.0))
-    return out.to(dtype)
+    return Reference(ref).score(dist)
+
+
+class Reference:
+    """The reference's half of SSIMULACRA2, computed once (per scale: its XYB planes, their
+    blurred means, variances and edge terms), for scoring many candidates against one
+    reference: `Reference(ref).score(dist)` is `ssimulacra2(ref, dist)`, the same operations on
+    the same values (bit for bit), without redoing the reference's side each time (an attack
+    scores every step against the same original; the budget search every candidate scale)."""
+
+    def __init__(self, ref: torch.Tensor):
+        if ref.dim() != 4 or ref.shape[1] != 3:
+            raise ValueError(f"ssimulacra2 takes (B,3,H,W) tensors, got {ref.shape}")
+        self.shape, self.dtype, self.device = ref.shape, ref.dtype, ref.device
+        self.k = _kernel()
+        l1 = _srgb_to_linear(ref.double())
+        self.scales: list[tuple[torch.Tensor, ...]] = []  # per scale: i1, mu1, its variance, 1 + |i1 - mu1|
+        for scale in range(NUM_SCALES):
+            if l1.shape[2] < 8 or l1.shape[3] < 8:
+                break
+            i1 = _xyb(l1)
+            mu1 = _blur(i1, self.k)
+            s11 = _blur(i1 * i1, self.k)
+            self.scales.append((i1, mu1, s11 - mu1 * mu1, 1.0 + (i1 - mu1).abs()))
+            if scale < NUM_SCALES - 1:
+                l1 = F.avg_pool2d(l1, 2, ceil_mode=True)
+
+    def score(self, dist: torch.Tensor) -> torch.Tensor:
+        """SSIMULACRA2 of `dist` (the reference's shape) against the reference: (B,) scores."""
+        if dist.shape != self.shape:
+            raise ValueError(f"ssimulacra2 takes two (B,3,H,W) tensors of one shape, got {self.shape} and {dist.shape}")
+        if not self.scales:
+            return torch.full((self.shape[0],), 100.0, dtype=self.dtype, device=self.device)
+        k = self.k
+        l2 = _srgb_to_linear(dist.double())
+        per_scale = []  # per scale: (B, 3 channels, 2 norms, 3 kinds)
+        for scale, (i1, mu1, var1, edge1) in enumerate(self.scales):
+            i2 = _xyb(l2)
+            mu2 = _blur(i2, k)
+            s22, s12 = _blur(i2 * i2, k), _blur(i1 * i2, k)
+            num_m = 1.0 - (mu1 - mu2) ** 2
+            num_s = 2.0 * (s12 - mu1 * mu2) + _C2
+            den_s = var1 + (s22 - mu2 * mu2) + _C2
+            d = (1.0 - num_m * num_s / den_s).clamp_min(0.0)
+            ratio = (1.0 + (i2 - mu2).abs()) / edge1 - 1.0
+            kinds = [_norms(d), _norms(ratio.clamp_min(0.0)), _norms((-ratio).clamp_min(0.0))]
+            # (B,3,2 norms,3 kinds)
+            per_scale.append(torch.stack([torch.stack([kd[0], kd[1]], -1) for kd in kinds], -1))
+            if scale < len(self.scales) - 1:
+                l2 = F.avg_pool2d(l2, 2, ceil_mode=True)
+        # the reference's order: channel, scale, norm, kind
+        v = torch.stack(per_scale, 2)  # (B, 3, S, 2, 3)
+        w = _weights_for(len(per_scale), self.device)
+        s = (v.abs() * w).sum((1, 2, 3, 4)) * 0.9562382616834844
+        s = 2.326765642916932 * s - 0.020884521182843837 * s * s + 6.248496625763138e-05 * s * s * s
+        out = torch.where(s > 0, 100.0 - 10.0 * s.clamp_min(1e-12).pow(0.6276336467831387), torch.full_like(s, 100.0))
+        return out.to(self.dtype)
 
 
 def _weights_for(n_scales: int, device) -> torch.Tensor:
