@@ -133,14 +133,25 @@ def shard_gradient(models: Sequence, a: torch.Tensor, clean: Sequence[torch.Tens
     return g.detach(), float(total.detach()), len(a)
 
 
-def project(v: torch.Tensor, xi: float) -> torch.Tensor:
-    """v clipped to the L-inf ball of radius xi (0-255 units)."""
-    return v.clamp(-xi / 255.0, xi / 255.0)
+def project(v: torch.Tensor, xi: float, rms: float | None = None) -> torch.Tensor:
+    """v clipped to the L-inf ball of radius xi (0-255 units), then, with `rms`, scaled into the
+    L2 ball whose RMS over the frame is rms (0-255 units)."""
+    v = v.clamp(-xi / 255.0, xi / 255.0)
+    if rms is not None:
+        r = float(v.pow(2).mean().sqrt()) * 255.0
+        if r > rms:
+            v = v * (rms / r)
+    return v
 
 
-def step(v: torch.Tensor, grad_sum: torch.Tensor, lr: float, xi: float, ti_sigma: float = 0.0) -> torch.Tensor:
-    """One update: v - lr * xi/255 * sign(smooth(grad_sum)), projected (descends the loss)."""
+def step(v: torch.Tensor, grad_sum: torch.Tensor, lr: float, xi: float, ti_sigma: float = 0.0,
+         rms: float | None = None) -> torch.Tensor:
+    """One update (descends the loss), projected: v - lr * xi/255 * sign(smooth(grad_sum)); with
+    `rms`, an L2 step of lr * rms/255 RMS along the normalised gradient instead."""
     g = smooth(grad_sum[None], ti_sigma)[0] if ti_sigma > 0 else grad_sum
+    if rms is not None:
+        unit = g / g.pow(2).mean().sqrt().clamp_min(1e-20)
+        return project(v - lr * rms / 255.0 * unit, xi, rms)
     return project(v - lr * xi / 255.0 * g.sign(), xi)
 
 

@@ -71,9 +71,14 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tol", type=float, default=0.002, help="plateau tolerance on the cosine shift (default 0.002)")
     g.add_argument("--jitter", type=float, default=1.0,
                    help="probability of a re-detection jitter (small similarity) per face and step (default 1)")
+    g.add_argument("--jitter-strength", type=float, default=1.0,
+                   help="the jitter's ranges x this (1: scale +-4%%, rotation +-4 deg, shift +-3%% of the frame) (default 1)")
     g.add_argument("--fit-jpeg-quality", type=int, default=95,
                    help="JPEG quality of the written file modelled in the fit (0 = PNG: uint8 only) (default 95)")
     g.add_argument("--ti-sigma", type=float, default=0.0, help="Gaussian smoothing of the gradient, px (default 0)")
+    g.add_argument("--rms", type=float, default=None,
+                   help="also bound v's RMS over the frame (0-255 units; L2 steps): a smaller, more structured v "
+                        "than the L-inf ball alone, for a face-quality floor (default: L-inf only)")
     a.add_argument("--restart", action="store_true", help="ignore an earlier fit at OUT and start from v = 0")
     r = p.add_argument_group("execution")
     r.add_argument("--workers", type=int, default=None,
@@ -112,7 +117,9 @@ def aligned_settings_from_args(args: argparse.Namespace):
     return AlignedFitSettings(xi=args.xi, surrogate=args.surrogate, holdout=args.holdout, loss=args.loss,
                               lr=args.step, batch=args.batch, max_passes=args.max_passes or 20,
                               patience=args.patience, tol=args.tol, jitter=args.jitter,
-                              jpeg_quality=args.fit_jpeg_quality or None, ti_sigma=args.ti_sigma, seed=args.seed)
+                              jitter_strength=args.jitter_strength,
+                              jpeg_quality=args.fit_jpeg_quality or None, ti_sigma=args.ti_sigma, rms=args.rms,
+                              seed=args.seed)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

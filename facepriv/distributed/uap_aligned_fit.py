@@ -56,8 +56,9 @@ HISTORY_SCHEMA = pa.schema([
     ("workers", pa.int64()),
 ])
 # settings that must match to resume from a saved v (max_passes, patience, tol may change)
-RESUME_KEYS = ("xi", "surrogate", "template", "size", "loss", "lr", "batch", "jitter", "jpeg_quality", "ti_sigma",
-               "seed")
+RESUME_KEYS = ("xi", "surrogate", "template", "size", "loss", "lr", "batch", "jitter", "jitter_strength",
+               "jpeg_quality", "ti_sigma",
+               "rms", "seed")
 LOSSES = ("untargeted", "decoy")
 
 
@@ -75,8 +76,10 @@ class AlignedFitSettings:
     patience: int = 3  # plateau: stop when the last `patience` passes improved the shift by < tol
     tol: float = 0.002
     jitter: float = 1.0  # probability of a re-detection jitter per face and step
+    jitter_strength: float = 1.0  # its ranges x this (1: scale +-4%, rotation +-4 deg, shift +-3% of the frame)
     jpeg_quality: int | None = 95  # the written file's JPEG quality in the chain (None: PNG, uint8 only)
     ti_sigma: float = 0.0  # Gaussian smoothing of the summed gradient (px of the frame; 0 = off)
+    rms: float | None = None  # also an L2 bound: v's RMS over the frame <= rms (0-255), L2 steps
     seed: int = 0
     norm: str = "linf"
 
@@ -168,8 +171,9 @@ class AlignedShard:
         if not mine:
             return np.zeros_like(np.asarray(v, np.float32)), 0.0, 0
         k = torch.tensor([self.local[g] for g in mine], dtype=torch.long)
-        mats = ua.jitter_matrices(len(mine), self.s.size, ua.face_rngs(self.s.seed, pass_index, mine), p=self.s.jitter) \
-            if self.s.jitter > 0 else None
+        k_ = self.s.jitter_strength
+        mats = ua.jitter_matrices(len(mine), self.s.size, ua.face_rngs(self.s.seed, pass_index, mine), p=self.s.jitter,
+                                  scale=0.04 * k_, degrees=4.0 * k_, shift=0.03 * k_) if self.s.jitter > 0 else None
         g, loss, n = ua.shard_gradient(self.models, self.a[k], [c[k] for c in self.clean], vt,
                                        self.decoys, mats, self.write)
         return g.numpy(), loss, n
@@ -204,7 +208,7 @@ class AlignedCoordinator:
         self.s = AlignedFitSettings(**settings)
         self.n = int(faces)
         v = torch.zeros(3, self.s.size, self.s.size) if v0 is None else torch.from_numpy(np.asarray(v0, np.float32))
-        self.v = ua.project(v, self.s.xi)
+        self.v = ua.project(v, self.s.xi, self.s.rms)
         self.history = list(history)
         self.decoy: dict[str, Any] | None = None
 
@@ -252,7 +256,7 @@ class AlignedCoordinator:
             g = torch.from_numpy(sum(r[0] for r in parts))
             loss += sum(r[1] for r in parts)
             seen += sum(r[2] for r in parts)
-            self.v = ua.step(self.v, g, lr, self.s.xi, self.s.ti_sigma)
+            self.v = ua.step(self.v, g, lr, self.s.xi, self.s.ti_sigma, self.s.rms)
         ev = self._map("evaluate", self.v.numpy())
         faces = sum(e["faces"] for e in ev)
         ident = sum(e["identified"] for e in ev)
