@@ -214,3 +214,62 @@ def test_cli_takes_perturbation_and_uap_and_records_the_frame(tmp_path):
     s = settings_from_args(build_parser().parse_args(["cloak", "SRC", "DST", "--attack", "uap", "--uap", old]))
     assert "uap_frame" not in s.extra and "min_face_quality" not in s.output_fields(None)
     assert describe(old)["frame"] == "crop"
+
+
+def test_rms_bound_projects_into_the_l2_ball_and_takes_l2_steps():
+    g = torch.randn(3, S, S)
+    v = ua.step(torch.zeros(3, S, S), g, 1.0, xi=20.0, rms=3.0)
+    assert float(v.pow(2).mean().sqrt()) * 255 == pytest.approx(3.0, rel=1e-4)
+    assert v.abs().max() <= 20 / 255 + 1e-7
+    assert torch.allclose(v, -g / g.pow(2).mean().sqrt() * 3 / 255, atol=1e-7)  # an L2 step along -g, not a sign step
+    assert ua.project(torch.full((3, S, S), 0.5), 10.0, rms=4.0).abs().max() * 255 == pytest.approx(4.0, rel=1e-4)
+
+
+def _fixture_photos(tmp_path):
+    from tests.helpers import FIXTURES
+    import shutil
+
+    src = tmp_path / "src"
+    for ident in sorted(os.listdir(FIXTURES)):
+        shutil.copytree(os.path.join(FIXTURES, ident), src / ident)
+    return src
+
+
+def test_aligned_crops_are_each_faces_template_crop(tmp_path):
+    from facepriv.pipeline import crops as crops_mod
+
+    src = _fixture_photos(tmp_path)
+    path = str(tmp_path / "a.parquet")
+    c = crops_mod.load_or_extract(str(src), path, 112, frame="aligned", template="arcface112", progress=False,
+                                  log=lambda m: None)
+    assert len(c) == 4 and c.faces.shape == (4, 3, 112, 112)
+    assert c.meta["frame"] == "aligned" and c.meta["template"] == "arcface112"
+    back = crops_mod.load(path)
+    assert torch.equal(back.faces, c.faces) and back.identities == c.identities
+    # the crop frame of the same folder is another dataset: not reused
+    msgs = []
+    crops_mod.load_or_extract(str(src), path, 112, log=msgs.append, progress=False)
+    assert any("re-extracting" in m for m in msgs)
+
+
+def test_cloak_applies_an_aligned_v_end_to_end_without_a_surrogate(tmp_path):
+    """The pipeline with --attack uap and an aligned v: every face changed, within max|v| in
+    pixels (PNG-exact is not needed: the floor is checked on the written JPEG)."""
+    from facepriv.distributed.runner import run_in_process
+    from facepriv.io.manifest import read_manifest
+    import fsspec
+
+    src = _fixture_photos(tmp_path)
+    v = (_smooth(1, 112, 4, 7)[0] - 0.5) * 0.12
+    path = _aligned_file(tmp_path, v)
+    dst = tmp_path / "dst"
+    args = build_parser().parse_args(["cloak", str(src), str(dst), "--attack", "uap", "--perturbation", path,
+                                      "--min-face-quality", "60"])
+    s = settings_from_args(args)
+    assert s.surrogate is None and s.model is None
+    run_in_process(str(src), str(dst), s)
+    rows = read_manifest(fsspec.filesystem("file"), str(dst / "_facepriv" / "runs")).to_pylist()
+    faces = [f for r in rows for f in r["faces"]]
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows) and faces
+    assert all(f["face_ssimulacra2"] >= 60 - 0.5 for f in faces)  # the floor on the written face region
+    assert all(f["face_psnr"] < 60 for f in faces)  # and the faces did change
