@@ -147,11 +147,8 @@ class AlignedShard:
         from facepriv.models.decoys import find_bank
         from facepriv.models.store import weights_sha256
 
-        out = []
-        for n in self.nets:
-            b = find_bank(weights_sha256(n))
-            out.append(None if b is None else np.asarray(b.embeddings, np.float32))
-        return out
+        banks = [find_bank(weights_sha256(n)) for n in self.nets]
+        return [None if b is None else np.asarray(b.embeddings, np.float32) for b in banks]
 
     def set_decoys(self, decoys: Sequence[np.ndarray | None]) -> None:
         self.decoys = [None if d is None else torch.from_numpy(np.asarray(d, np.float32)) for d in decoys]
@@ -227,13 +224,9 @@ class AlignedCoordinator:
             banks = self._map("banks")[0]
             decoys, picks = [], []
             for k, bank in enumerate(banks):
-                if bank is None:
-                    decoys.append(None)
-                    picks.append(None)
-                    continue
-                mean = torch.from_numpy(sum(s[k] for s in sums))
-                j = ua.fixed_decoy(mean, torch.from_numpy(bank))
-                decoys.append(torch.nn.functional.normalize(torch.from_numpy(bank[j]), dim=0).numpy())
+                j = None if bank is None else ua.fixed_decoy(torch.from_numpy(sum(s[k] for s in sums)),
+                                                             torch.from_numpy(bank))
+                decoys.append(None if j is None else torch.nn.functional.normalize(torch.from_numpy(bank[j]), dim=0).numpy())
                 picks.append(j)
             self._map("set_decoys", decoys)
             self.decoy = {"bank_index": picks}
@@ -348,11 +341,9 @@ def fit_aligned(crops, settings: AlignedFitSettings, workers: int = 0, out: str 
         pq.ParquetFile(fsspec.open(crops, "rb").open()).metadata.num_rows
     actors = []
     if workers == 0:
-        ws = [AlignedShard(sur, hold, crops, 0, 1, sd, torch_threads)]
-        coord = AlignedCoordinator(ws, sd, v0, history, n, remote=False)
-
-        def call(name, *args):
-            return getattr(coord, name)(*args)
+        coord = AlignedCoordinator([AlignedShard(sur, hold, crops, 0, 1, sd, torch_threads)], sd, v0, history, n,
+                                   remote=False)
+        call = lambda name, *args: getattr(coord, name)(*args)  # noqa: E731
     else:
         import ray
 
@@ -360,9 +351,7 @@ def fit_aligned(crops, settings: AlignedFitSettings, workers: int = 0, out: str 
         ws = [w_cls.remote(sur, hold, crops, i, workers, sd, torch_threads) for i in range(workers)]
         coord = ray.remote(num_cpus=0)(AlignedCoordinator).remote(ws, sd, v0, history, n, True)
         actors = [coord, *ws]
-
-        def call(name, *args):
-            return ray.get(getattr(coord, name).remote(*args))
+        call = lambda name, *args: ray.get(getattr(coord, name).remote(*args))  # noqa: E731
     try:
         meta = call("setup")
         info = {**(info or {}), **meta}
