@@ -36,8 +36,10 @@ def add_cloak_options(p: argparse.ArgumentParser) -> None:
                         "once fooled; uap: add the universal perturbation given by --uap (no model needed; "
                         "a --model only judges); embed-pgd: label-free PGD on pretrained face-embedding "
                         "surrogates (--surrogate; no --model or labels needed) (default fgsm)")
-    a.add_argument("--uap", default=None, metavar="PATH",
-                   help="universal perturbation (.npy from `facepriv uap fit`) for --attack uap")
+    a.add_argument("--perturbation", "--uap", dest="uap", default=None, metavar="PATH",
+                   help="universal perturbation (.npy from `facepriv uap fit`) for --attack uap; one fitted "
+                        "with --frame aligned is drawn into each face through its 5 landmarks and needs no "
+                        "surrogate (add --min-face-quality to bound each face's quality)")
     a.add_argument("--eps", type=float, default=None,
                    help="L-inf budget in 0-255 pixel units (default 8) of the change facepriv makes. The manifest's "
                         "per-face linf / l2 are measured on the written file read back, so for JPEG outputs they "

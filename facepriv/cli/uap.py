@@ -1,7 +1,8 @@
 """`facepriv uap fit` and `facepriv uap apply`: the universal perturbation commands.
 
     facepriv uap fit DATA_DIR --model model.pt --xi 10 --delta 0.2 --max-passes 10 --out uap.npy
-    facepriv uap apply SRC DST --uap uap.npy [--model model.pt --labels folder]
+    facepriv uap fit DATA_DIR --frame aligned --surrogate mobilefacenet --xi 12 --out uap.npy
+    facepriv uap apply SRC DST --perturbation uap.npy [--min-face-quality 50] [--model model.pt --labels folder]
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("data_dir", help="folder (or s3:// prefix) with one sub-folder of photos per identity "
                                     "(the faces v is fitted on; the face nearest each photo's centre is used)")
-    p.add_argument("--model", required=True, help="classifier checkpoint from `facepriv train` (the surrogate)")
+    p.add_argument("--model", default=None,
+                   help="classifier checkpoint from `facepriv train` (the surrogate of --frame crop, required there)")
+    p.add_argument("--frame", default="crop", choices=["crop", "aligned"],
+                   help="crop: v on the classifier's square crop (the paper's; --model); aligned: label-free, v on "
+                        "the 5-point aligned template of --surrogate, drawn into each face through its landmarks "
+                        "at apply time (facepriv/attacks/uap_aligned.py) (default crop)")
     p.add_argument("--out", default="uap.npy",
                    help="v as .npy (float32 (3,S,S), [0,1] pixel units); next to it: .png (amplified), "
                         ".history.parquet, .json (settings, model sha256) and .crops.parquet (default uap.npy). "
@@ -50,6 +56,29 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="robust: face-box sides in px of the photos v will be applied to (default 96,144, "
                         "faces in LFW-like photos)")
     a.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    g = p.add_argument_group("--frame aligned (label-free, pretrained surrogates)")
+    g.add_argument("--surrogate", default="mobilefacenet",
+                   help="comma-separated installed surrogates (or .pt / TF.js .json) v is fitted on (default mobilefacenet)")
+    g.add_argument("--holdout", default=None,
+                   help="a surrogate used only to report, per pass, rank-1 protection over the fit's identities")
+    g.add_argument("--loss", default="decoy", choices=["untargeted", "decoy"],
+                   help="away from each face's clean embedding; decoy: also toward one fixed decoy identity (default decoy)")
+    g.add_argument("--batch", type=int, default=32, help="faces per signed step, over all workers (default 32)")
+    g.add_argument("--step", type=float, default=0.05,
+                   help="signed step as a fraction of xi, decaying linearly to a tenth (default 0.05)")
+    g.add_argument("--patience", type=int, default=3,
+                   help="stop when the cosine shift improved by < --tol over this many passes (default 3; 0 = never)")
+    g.add_argument("--tol", type=float, default=0.002, help="plateau tolerance on the cosine shift (default 0.002)")
+    g.add_argument("--jitter", type=float, default=1.0,
+                   help="probability of a re-detection jitter (small similarity) per face and step (default 1)")
+    g.add_argument("--jitter-strength", type=float, default=1.0,
+                   help="the jitter's ranges x this (1: scale +-4%%, rotation +-4 deg, shift +-3%% of the frame) (default 1)")
+    g.add_argument("--fit-jpeg-quality", type=int, default=95,
+                   help="JPEG quality of the written file modelled in the fit (0 = PNG: uint8 only) (default 95)")
+    g.add_argument("--ti-sigma", type=float, default=0.0, help="Gaussian smoothing of the gradient, px (default 0)")
+    g.add_argument("--rms", type=float, default=None,
+                   help="also bound v's RMS over the frame (0-255 units; L2 steps): a smaller, more structured v "
+                        "than the L-inf ball alone, for a face-quality floor (default: L-inf only)")
     a.add_argument("--restart", action="store_true", help="ignore an earlier fit at OUT and start from v = 0")
     r = p.add_argument_group("execution")
     r.add_argument("--workers", type=int, default=None,
@@ -82,8 +111,32 @@ def settings_from_args(args: argparse.Namespace):
                        kappa=args.kappa, box_min=box_min, box_max=box_max)
 
 
+def aligned_settings_from_args(args: argparse.Namespace):
+    from facepriv.distributed.uap_aligned_fit import AlignedFitSettings
+
+    return AlignedFitSettings(xi=args.xi, surrogate=args.surrogate, holdout=args.holdout, loss=args.loss,
+                              lr=args.step, batch=args.batch, max_passes=args.max_passes or 20,
+                              patience=args.patience, tol=args.tol, jitter=args.jitter,
+                              jitter_strength=args.jitter_strength,
+                              jpeg_quality=args.fit_jpeg_quality or None, ti_sigma=args.ti_sigma, rms=args.rms,
+                              seed=args.seed)
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from facepriv.distributed.uap_fit import fit
+    from facepriv.errors import UsageError
+
+    if args.frame == "aligned":
+        from facepriv.distributed.uap_aligned_fit import fit as fit_aligned
+
+        res = fit_aligned(args.data_dir, args.out, aligned_settings_from_args(args), workers=args.workers,
+                          crops_path=args.crops, restart=args.restart, address=args.address,
+                          s3_endpoint=args.s3_endpoint, retries=args.retries, progress=not args.no_progress,
+                          log=lambda m: print(m, file=sys.stderr, flush=True))
+        print(json.dumps(res, indent=2, default=str))
+        return 0
+    if not args.model:
+        raise UsageError("`uap fit --frame crop` needs --model (a classifier from `facepriv train`)")
 
     res = fit(args.data_dir, args.model, args.out, settings_from_args(args), workers=args.workers,
               crops_path=args.crops, restart=args.restart, address=args.address, device=args.device,

@@ -201,3 +201,28 @@ class AlignModel(nn.Module):
         idx = [int(i) for i in idx]
         return AlignModel(self.net, self.matrices[idx].reshape(-1, 2, 3), self.size, self.template,
                           [self.sizes[i] for i in idx] if self.sizes is not None else None)
+
+
+def unwarp(v: torch.Tensor, m: np.ndarray, height: int, width: int, antialias: bool = True) -> torch.Tensor:
+    """A template-frame image v (C,S,S) drawn into a face's region (C,height,width): the inverse of
+    `warp`. `m` (2,3) maps region pixels to template pixels (`landmark_transforms`); each region
+    pixel takes v bilinearly sampled where `m` sends it, zero where that falls outside the
+    template. A convex combination of v's pixels, so max|out| <= max|v|. When the face is smaller
+    in the region than the template (one region pixel spans more than `AA_THRESHOLD` template
+    pixels), v is first shrunk (antialiased) to about the region's scale. Differentiable in v."""
+    s = v.shape[-1]
+    m = np.asarray(m, dtype=np.float64)
+    a = np.vstack([m, [0.0, 0.0, 1.0]])  # region px -> template px
+    src = v[None]
+    step = math.sqrt(max(abs(np.linalg.det(m[:, :2])), 1e-12))  # template px per region px
+    if antialias and step > AA_THRESHOLD:
+        n = max(1, round(s / step))
+        src = F.interpolate(src, size=(n, n), mode="bilinear", antialias=True, align_corners=False)
+        k = s / n
+        a = np.array([[1 / k, 0, 0.5 / k - 0.5], [0, 1 / k, 0.5 / k - 0.5], [0, 0, 1.0]]) @ a
+        s = n
+    n_out = np.array([[width / 2, 0, (width - 1) / 2], [0, height / 2, (height - 1) / 2], [0, 0, 1.0]])
+    n_in = np.array([[2 / s, 0, 1 / s - 1], [0, 2 / s, 1 / s - 1], [0, 0, 1.0]])
+    theta = torch.as_tensor((n_in @ a @ n_out)[:2], dtype=v.dtype, device=v.device).unsqueeze(0)
+    grid = F.affine_grid(theta, [1, v.shape[0], height, width], align_corners=False)
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]

@@ -28,6 +28,9 @@ DEFAULT_MAX_PIXELS = 100_000_000  # refuse images with more pixels than this, be
 EMBED_FIELDS = ("surrogate", "embed_loss", "momentum", "input_diversity", "ti_sigma", "min_psnr", "min_ssim",
                 "texture_mask", "min_face_quality", "face_psnr", "quality_target", "quality_weight")
 
+# the quality floors an aligned-frame universal perturbation is applied under (facepriv/strategies/uap.py)
+FLOOR_FIELDS = ("min_psnr", "min_ssim", "min_face_quality")
+
 
 @dataclass
 class CloakSettings:
@@ -85,8 +88,10 @@ class CloakSettings:
         for k in ("face_batch", "judge", "redetect", "device", "model"):
             d.pop(k)
         if self.attack != "embed-pgd":  # keep the settings hash of other attacks' runs unchanged
+            keep = FLOOR_FIELDS if (self.extra or {}).get("uap_frame") == "aligned" else ()
             for k in EMBED_FIELDS:
-                d.pop(k)
+                if k not in keep:
+                    d.pop(k)
         else:
             d["surrogate_sha256"] = None if surrogate_sha is None else list(surrogate_sha)
         d["model_sha256"] = model_sha
@@ -175,7 +180,7 @@ def _from_args(cls, args: Any, installed: Sequence[str] = (), perturbation: dict
         values["surrogate"] = ",".join(preferred or installed)
     if values.get("attack") == "uap":
         if not perturbation:
-            raise UsageError("--attack uap needs --uap PATH (a perturbation from `facepriv uap fit`)")
+            raise UsageError("--attack uap needs --perturbation PATH (a perturbation from `facepriv uap fit`)")
         linf = round(float(perturbation["linf"]), 4)
         if "eps" in given and abs(float(given["eps"]) - linf) > 0.5:
             raise UsageError(f"--eps {given['eps']:g} does not apply to --attack uap: the perturbation's own size "
@@ -184,5 +189,8 @@ def _from_args(cls, args: Any, installed: Sequence[str] = (), perturbation: dict
         values["eps"] = linf
         values["extra"] = {"uap": perturbation["path"], "uap_sha256": perturbation["sha256"],
                            "uap_xi": perturbation.get("xi"), "uap_norm": perturbation.get("norm")}
+        if perturbation.get("frame") == "aligned":  # crop-frame files keep their settings hash
+            values["extra"].update(uap_frame="aligned", uap_template=perturbation.get("template"),
+                                   uap_surrogates=[s.get("spec") for s in perturbation.get("surrogates") or []])
     return cls(**values)
 

@@ -1,7 +1,10 @@
 """Universal-perturbation files: v (.npy), its amplified PNG and its JSON sidecar.
 
-`describe(path)` is what applying a v needs to know about it (its sha256, L-inf size, xi, norm),
-read from the file and the sidecar that `facepriv uap fit` writes next to it.
+`describe(path)` is what applying a v needs to know about it (its sha256, L-inf size, xi, norm,
+and the frame it lives in: "crop" = the face's square crop box, the paper's fit and any file
+without a sidecar frame; "aligned" = the 5-point template named by "template"; with the
+surrogates and fit data it was fitted on), read from the file and the sidecar that
+`facepriv uap fit` writes next to it.
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ def describe(path: str) -> dict[str, Any]:
         v = load_perturbation(path)
     except FacePrivError as e:
         raise UsageError(str(e)) from None
-    settings = (load_sidecar(path) or {}).get("settings") or {}
+    side = load_sidecar(path) or {}
+    settings = side.get("settings") or {}
     return {"path": path, "sha256": sha, "linf": float(abs(v).max()) * 255.0, "xi": settings.get("xi"),
-            "norm": settings.get("norm")}
+            "norm": settings.get("norm"), "frame": side.get("frame", "crop"), "template": side.get("template"),
+            "size": int(v.shape[-1]), "surrogates": side.get("surrogates"), "fit_data": side.get("fit_data")}

@@ -14,6 +14,11 @@ Schema (declared here, once): one row per face
 
 and in the file's key-value metadata: `facepriv.pipeline.crops` = JSON {"size", "scale", "source",
 "photos", "faces", "skipped"}.
+
+A second kind, ``frame: "aligned"`` in the metadata (`extract_aligned`): each face aligned by its
+5 MTCNN landmarks onto a template (`facepriv.core.align`, e.g. arcface112 at 112 x 112), the frame a
+universal perturbation of `facepriv.attacks.uap_aligned` lives in; the metadata then also holds
+"template". Same schema, so a fit's passes read only small aligned crops.
 """
 
 from __future__ import annotations
@@ -111,17 +116,61 @@ def extract(data_dir: str, size: int, scale: float = 1.0, device: str | torch.de
     return Crops(torch.stack([r[2] for r in rows]), [r[0] for r in rows], [r[1] for r in rows], meta)
 
 
-def load_or_extract(data_dir: str, path: str, size: int, scale: float = 1.0, log=None, **kwargs) -> Crops:
-    """Reuse `path` when it holds crops of `data_dir` at this size and scale; else extract and save."""
+def extract_aligned(data_dir: str, size: int, template: str | None = None, device: str | torch.device = "cpu",
+                    s3_endpoint: str | None = None, retries: int = 5, progress: bool = True) -> Crops:
+    """Detect the central face of every photo under DATA_DIR/<identity>/ (MTCNN) and align it by
+    its 5 landmarks onto `template` at size x size (`facepriv.core.align.align_faces`)."""
+    from facepriv.core.align import align_faces, template as template_points
+    from facepriv.core import geometry
+    from facepriv.io import imageio
+    from facepriv.io.archive import Archive, storage_options
+    from facepriv.pipeline.faces import FaceDetector
+
+    template_points(template, size)  # an unknown template name fails before any detection
+    archive = Archive(data_dir, storage_options(data_dir, s3_endpoint, retries), retries)
+    keys = sorted(k for k in archive.list_images() if len(k.split("/")) >= 2)
+    det = FaceDetector(device=device)
+    rows, skipped = [], {}
+    for start in range(0, len(keys), 16):
+        chunk = []
+        for k in keys[start : start + 16]:
+            try:
+                chunk.append((k, imageio.decode(archive.read_bytes(k)).rgb))
+            except FacePrivError:
+                skipped["unreadable"] = skipped.get("unreadable", 0) + 1
+        for (k, rgb), d in zip(chunk, det.detect([rgb for _, rgb in chunk])):
+            if len(d) == 0:
+                skipped["no_face"] = skipped.get("no_face", 0) + 1
+                continue
+            i = geometry.nearest_to_centre(d.boxes, rgb.shape[1], rgb.shape[0])
+            img = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255)
+            a = align_faces(img, np.asarray(d.landmarks[i : i + 1], np.float64), size, template)[0]
+            rows.append((k.split("/")[-2], k, a.mul(255).round().clamp(0, 255).byte()))
+        if progress:
+            print(f"aligned {len(rows)} faces from {min(start + 16, len(keys))}/{len(keys)} photos",
+                  file=sys.stderr, flush=True)
+    if not rows:
+        raise FacePrivError(f"no faces found under {data_dir}")
+    meta = {"size": int(size), "scale": 1.0, "frame": "aligned", "template": template, "source": data_dir,
+            "photos": len(keys), "faces": len(rows), "skipped": skipped}
+    return Crops(torch.stack([r[2] for r in rows]), [r[0] for r in rows], [r[1] for r in rows], meta)
+
+
+def load_or_extract(data_dir: str, path: str, size: int, scale: float = 1.0, log=None, frame: str = "crop",
+                    template: str | None = None, **kwargs) -> Crops:
+    """Reuse `path` when it holds crops of `data_dir` at this size and scale (and frame: "crop" =
+    the square crop box, "aligned" = `extract_aligned` on `template`); else extract and save."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if exists(path):
         c = load(path)
         if c.meta.get("source") == data_dir and int(c.meta.get("size", -1)) == size and \
-                float(c.meta.get("scale", -1)) == scale:
+                float(c.meta.get("scale", -1)) == scale and c.meta.get("frame", "crop") == frame and \
+                c.meta.get("template") == (template if frame == "aligned" else None):
             log(f"reusing crops dataset {path} ({len(c)} faces)")
             return c
         log(f"{path} holds crops of {c.meta.get('source')} at size {c.meta.get('size')}: re-extracting")
-    c = extract(data_dir, size, scale, **kwargs)
+    c = extract_aligned(data_dir, size, template, **kwargs) if frame == "aligned" else \
+        extract(data_dir, size, scale, **kwargs)
     save(path, c)
     log(f"extracted {len(c)} faces from {c.meta['photos']} photos into {path} "
         f"(skipped: {c.meta['skipped'] or 'none'})")

@@ -88,7 +88,7 @@ def _check_surrogates(surrogate: str | None) -> None:
 
 def _check_perturbation(path: str | None) -> None:
     if not path:
-        raise UsageError("--attack uap needs --uap PATH (a perturbation from `facepriv uap fit`)")
+        raise UsageError("--attack uap needs --perturbation PATH (a perturbation from `facepriv uap fit`)")
     from facepriv.io.perturbation import describe
 
     describe(path)

@@ -184,35 +184,44 @@ class EmbedPGDStrategy:
         return quality, mask
 
     def _fit_budget(self, chunk, x, adv, sizes, pre, floors: Floors) -> torch.Tensor:
-        """Scale each face's perturbation to the largest that keeps its quality region of the
-        photo, encoded exactly as the pipeline will write it, within the floors (`budget.fit_photo`).
-        Without the photo (bare FaceItems) each region is fitted on its own."""
-        adv = adv.clone()
-        groups: dict[int, list[int]] = {}
-        for i, it in enumerate(chunk):
-            groups.setdefault(id(it.photo), []).append(i)
+        """Scale each face's perturbation to the floors (`fit_budget`)."""
         quals = pre.qualities if pre is not None else [None] * len(chunk)
-        for idx in groups.values():
-            photo = chunk[idx[0]].photo
-            whole = getattr(photo, "cloaked", None) is not None and getattr(photo, "decoded", None) is not None
-            cloaks = [_cloak(chunk[i], x[i], adv[i], sizes[i], whole) for i in idx]
-            if whole:
-                det = getattr(photo, "det", None)
-                ours = {chunk[i].index for i in idx}
-                hh, ww = photo.decoded.rgb.shape[:2]
-                extra = [geometry.quality_region(b, ww, hh) for k, b in enumerate(det.boxes) if k not in ours] \
-                    if det is not None else []
-                write = imageio.writer(photo.decoded, self.s.jpeg_quality, self.s.keep_metadata)
-                scales = fit_photo(photo.decoded.rgb, photo.cloaked, cloaks, floors, write, extra,
-                                   render=_composed(photo, [chunk[i].index for i in idx], cloaks))
-            else:
-                scales = [fit_photo(c.at(0), c.at(0), [c], floors, _region_writer(quals[i]))[0]
-                          for i, c in zip(idx, cloaks)]
-            for i, c, sc in zip(idx, cloaks, scales):
-                h, w = sizes[i]
-                adv[i, :, :h, :w] = torch.from_numpy(c.at(sc)).to(adv).permute(2, 0, 1) / 255
-                self.last_scales[i] = sc
+        adv, self.last_scales = fit_budget(self.s, chunk, x, adv, sizes, quals, floors)
         return adv
+
+
+def fit_budget(s, chunk: list[FaceItem], x: torch.Tensor, adv: torch.Tensor, sizes, quals, floors: Floors):
+    """(adv, scales): each face's perturbation scaled to the largest that keeps its quality region
+    of the photo, encoded exactly as the pipeline will write it, within the floors
+    (`budget.fit_photo`; settings `s` give the output's JPEG quality and metadata). Without the
+    photo (bare FaceItems) each region is fitted on its own, as a JPEG at `quals[i]` (None: as is).
+    Any strategy that changes faces without a surrogate can call it."""
+    adv = adv.clone()
+    scales = [1.0] * len(chunk)
+    groups: dict[int, list[int]] = {}
+    for i, it in enumerate(chunk):
+        groups.setdefault(id(it.photo), []).append(i)
+    for idx in groups.values():
+        photo = chunk[idx[0]].photo
+        whole = getattr(photo, "cloaked", None) is not None and getattr(photo, "decoded", None) is not None
+        cloaks = [_cloak(chunk[i], x[i], adv[i], sizes[i], whole) for i in idx]
+        if whole:
+            det = getattr(photo, "det", None)
+            ours = {chunk[i].index for i in idx}
+            hh, ww = photo.decoded.rgb.shape[:2]
+            extra = [geometry.quality_region(b, ww, hh) for k, b in enumerate(det.boxes) if k not in ours] \
+                if det is not None else []
+            write = imageio.writer(photo.decoded, s.jpeg_quality, s.keep_metadata)
+            got = fit_photo(photo.decoded.rgb, photo.cloaked, cloaks, floors, write, extra,
+                            render=_composed(photo, [chunk[i].index for i in idx], cloaks))
+        else:
+            got = [fit_photo(c.at(0), c.at(0), [c], floors, _region_writer(quals[i]))[0]
+                   for i, c in zip(idx, cloaks)]
+        for i, c, sc in zip(idx, cloaks, got):
+            h, w = sizes[i]
+            adv[i, :, :h, :w] = torch.from_numpy(c.at(sc)).to(adv).permute(2, 0, 1) / 255
+            scales[i] = sc
+    return adv, scales
 
 
 def _composed(photo, faces: list[int], cloaks: list[Cloak]):

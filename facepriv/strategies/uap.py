@@ -1,5 +1,17 @@
 """Applying a universal perturbation: the "uap" cloak strategy.
 
+Two frames, read from v's sidecar (`facepriv.io.perturbation.describe`, "frame"):
+
+* "aligned" (`facepriv uap fit --frame aligned`, facepriv/distributed/uap_aligned_fit.py): v
+  lives on the 5-point template (e.g. arcface112 at 112 x 112); for each face it is drawn into
+  the face's region through the inverse of the face's similarity transform
+  (`facepriv.core.align.unwarp`, from MTCNN's landmarks), added to the original pixels and
+  clipped to [0, 1] (|change| <= max|v| = xi). With floors (--min-face-quality, --min-psnr,
+  --min-ssim) each face's change is then scaled to the largest the written file's face region
+  keeps within them (`facepriv.strategies.embed.fit_budget`: `budget.fit_photo` on the photo
+  as it will be written). Needs MTCNN and the file only: no surrogate, no gradient.
+* "crop" (the paper's fit, facepriv/distributed/uap_fit.py; files without a frame):
+
 No gradients and no surrogate: for every detected face, v (fitted on S x S crops, see
 facepriv/distributed/uap_fit.py) is resized to the face's square crop box (the box `geometry.crop_faces`
 crops for the model and the judge) and added to the original pixels inside that box, then
@@ -20,10 +32,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from facepriv.core import geometry
+from facepriv.core.align import landmark_transforms, unwarp
 from facepriv.errors import FacePrivError
 from facepriv.strategies.base import FaceItem
 
@@ -49,19 +63,51 @@ def add_universal(x: torch.Tensor, crops: Sequence[Sequence[int]], v: torch.Tens
     return out
 
 
+def add_aligned(x: torch.Tensor, sizes: Sequence[tuple[int, int]], landmarks: Sequence, v: torch.Tensor,
+                template: str | None) -> torch.Tensor:
+    """x (B,3,H,W) packed regions in [0,1]; sizes[i] = region i's (h, w); landmarks[i] (5,2) in
+    region coordinates. A copy of x with the template-frame v drawn into each face (`unwarp`)
+    and added, clamped to [0, 1]; pixels that the template does not cover are unchanged."""
+    out = x.clone()
+    v = v.to(x.device, x.dtype)
+    ms = landmark_transforms(np.stack([np.asarray(lm, np.float64) for lm in landmarks]), v.shape[-1], template) \
+        if len(landmarks) else []
+    for i, ((h, w), m) in enumerate(zip(sizes, ms)):
+        out[i, :, :h, :w] = (out[i, :, :h, :w] + unwarp(v, m, h, w)).clamp_(0, 1)
+    return out
+
+
 class UniversalStrategy:
-    """Adds v, resized to each face's crop box; reads the path from settings.extra["uap"]."""
+    """Adds v to each face in v's frame (module doc); reads the path from settings.extra["uap"]."""
 
     name = "uap"
 
     def __init__(self, settings, loaded, device):
-        from facepriv.io.perturbation import load_perturbation
+        from facepriv.io.perturbation import describe, load_perturbation
 
         path = (settings.extra or {}).get("uap")
         if not path:
-            raise FacePrivError("--attack uap needs --uap PATH (a perturbation from `facepriv uap fit`)")
+            raise FacePrivError("--attack uap needs --perturbation PATH (a perturbation from `facepriv uap fit`)")
+        self.s = settings
         self.v = torch.from_numpy(load_perturbation(path)).to(device)
+        info = describe(path)
+        self.frame, self.template = info.get("frame") or "crop", info.get("template")
+        self.last_scales: list[float] = []
 
     def __call__(self, chunk: list[FaceItem]):
         x = geometry.pack([it.pixels for it in chunk])
-        return add_universal(x, [it.crop for it in chunk], self.v), [1] * len(chunk)
+        if self.frame != "aligned":
+            return add_universal(x, [it.crop for it in chunk], self.v), [1] * len(chunk)
+        from facepriv.core.budget import Floors
+        from facepriv.strategies.embed import fit_budget
+
+        sizes = [tuple(it.pixels.shape[1:]) for it in chunk]
+        adv = add_aligned(x, sizes, [it.landmarks for it in chunk], self.v, self.template)
+        s = self.s
+        floors = Floors(getattr(s, "min_psnr", None), getattr(s, "min_ssim", None), getattr(s, "min_face_quality", None))
+        self.last_scales = [1.0] * len(chunk)
+        if floors:
+            quals = [s.jpeg_quality if getattr(getattr(it.photo, "decoded", None), "format", None) == "JPEG" else None
+                     for it in chunk]
+            adv, self.last_scales = fit_budget(s, chunk, x, adv, sizes, quals, floors)
+        return adv, [1] * len(chunk)
