@@ -58,7 +58,7 @@ def test_strategy_adds_exactly_v_inside_the_crop_box(tmp_path):
 
 
 def test_strategy_needs_a_valid_uap(tmp_path):
-    with pytest.raises(FacePrivError, match="--uap"):
+    with pytest.raises(FacePrivError, match="--perturbation"):
         strategies.make(CloakSettings(attack="uap"), None, torch.device("cpu"))
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((4, 4), np.float32))
@@ -81,7 +81,7 @@ def test_cloak_options_accept_attack_uap(tmp_path):
     s = settings_from_args(args)
     assert s.attack == "uap" and s.model is None and s.eps == pytest.approx(6.0)
     assert s.extra["uap"] == str(tmp_path / "v.npy") and len(s.extra["uap_sha256"]) == 64
-    with pytest.raises(FacePrivError, match="--uap"):
+    with pytest.raises(FacePrivError, match="--perturbation"):
         settings_from_args(p.parse_args(["src", "dst", "--attack", "uap"]))
     # --eps is v's own size: a different one is refused, not silently overwritten
     with pytest.raises(FacePrivError, match="--eps 4 does not apply to --attack uap"):
