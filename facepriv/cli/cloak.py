@@ -21,14 +21,9 @@ def add_parser(sub) -> None:
 
 
 def cmd_cloak(args: argparse.Namespace) -> int:
-    from facepriv.io.archive import open_pair
-    from facepriv.runs.preflight import preflight
+    from facepriv.distributed.runner import run_cloak  # light: torch and Ray come after its preflight
 
     settings = settings_from_args(args)
-    src, _ = open_pair(args.src, args.dst, args.s3_endpoint, args.retries)
-    preflight(src, settings, args.allow_empty)  # mistakes exit 2 at once, before torch and Ray are imported
-
-    from facepriv.distributed.runner import run_cloak
 
     summary = run_cloak(
         args.src, args.dst, settings, address=args.address, workers=args.workers,

@@ -21,7 +21,6 @@ from typing import Any
 from facepriv.io import manifest
 from facepriv.io.archive import open_pair
 from facepriv.core.settings import CloakSettings
-from facepriv.pipeline.cloaker import Cloaker
 from facepriv.pipeline.tally import Tally
 from facepriv.distributed.quiet import filtered_stderr, quiet_loggers
 from facepriv.runs.preflight import preflight
@@ -100,15 +99,17 @@ def run_cloak(src: str, dst: str, settings: CloakSettings, *, address: str | Non
     given), and handed to every worker through the object store (`ray.put`), so no node needs
     them installed and every worker crafts with the weights the settings hash names.
     """
+    src_a, dst_a = open_pair(src, dst, s3_endpoint, retries)
+    # user mistakes: exit 2 before torch or Ray is imported and before DST is created
+    preflight(src_a, settings, allow_empty)
+
+    from facepriv.distributed.listing import ListingSource, count_async
+    from facepriv.distributed.worker import ShardWorker
     from facepriv.runs import incremental as inc
     from facepriv.runs.lock import DstLock
-    from facepriv.distributed.listing import ListingSource, count_async
     from facepriv.runs.progress import Progress
-    from facepriv.distributed.worker import ShardWorker
     from facepriv.strategies import read_surrogates
 
-    src_a, dst_a = open_pair(src, dst, s3_endpoint, retries)
-    preflight(src_a, settings, allow_empty)  # user mistakes: exit 2 before Ray starts or DST is created
     surrogates = read_surrogates(settings)
     run_id = new_run_id()
     with DstLock(dst_a, run_id) as lock:
@@ -179,6 +180,7 @@ def run_in_process(src: str, dst: str, settings: CloakSettings, batch_size: int 
                    s3_endpoint: str | None = None, part_rows: int = manifest.PART_ROWS,
                    part_seconds: float = manifest.PART_SECONDS) -> dict[str, Any]:
     """The same pipeline without Ray (a plain loop): for tests and baselines."""
+    from facepriv.pipeline.cloaker import Cloaker
     from facepriv.runs.lock import DstLock
 
     src_a, dst_a = open_pair(src, dst, s3_endpoint)

@@ -8,7 +8,7 @@ Two frames, read from v's sidecar (`facepriv.io.perturbation.describe`, "frame")
   (`facepriv.core.align.unwarp`, from MTCNN's landmarks), added to the original pixels and
   clipped to [0, 1] (|change| <= max|v| = xi). With floors (--min-face-quality, --min-psnr,
   --min-ssim) each face's change is then scaled to the largest the written file's face region
-  keeps within them (`facepriv.strategies.embed.fit_budget`: `budget.fit_photo` on the photo
+  keeps within them (`facepriv.strategies.floors.fit_budget`: `budget.fit_photo` on the photo
   as it will be written). Needs MTCNN and the file only: no surrogate, no gradient.
 * "crop" (the paper's fit, facepriv/distributed/uap_fit.py; files without a frame):
 
@@ -38,8 +38,10 @@ import torch.nn.functional as F
 
 from facepriv.core import geometry
 from facepriv.core.align import landmark_transforms, unwarp
+from facepriv.core.budget import Floors
 from facepriv.errors import FacePrivError
 from facepriv.strategies.base import FaceItem
+from facepriv.strategies.floors import fit_budget
 
 
 def resize_to_box(v: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -98,9 +100,6 @@ class UniversalStrategy:
         x = geometry.pack([it.pixels for it in chunk])
         if self.frame != "aligned":
             return add_universal(x, [it.crop for it in chunk], self.v), [1] * len(chunk)
-        from facepriv.core.budget import Floors
-        from facepriv.strategies.embed import fit_budget
-
         sizes = [tuple(it.pixels.shape[1:]) for it in chunk]
         adv = add_aligned(x, sizes, [it.landmarks for it in chunk], self.v, self.template)
         s = self.s
