@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -610,6 +610,8 @@ def run_preset(o: "BenchOptions", photos: list[tuple[Path, str]], work: Path, lo
     surrogate = out["breakdown_s"]["surrogate"]
     out["surrogate_in_run_over_bare"] = surrogate / bare["seconds"] if bare["seconds"] else None
     out["ratio_over_in_run_surrogate"] = run["seconds"] / surrogate if surrogate else None
+    if o.report_judges:
+        out["report"] = report_vs_cloak(o, s, src, work, run, log)
     if o.preset_rss_n:
         n = min(o.preset_rss_n, len(photos))
         log(f"preset {o.preset}: peak RSS, {n} and {10 * n} photos (child processes) ...")
@@ -620,6 +622,66 @@ def run_preset(o: "BenchOptions", photos: list[tuple[Path, str]], work: Path, lo
         out["rss"] = {"n": r1, "10n": r10}
         out["rss_ratio_10n_over_n"] = r10["peak_rss_bytes"] / r1["peak_rss_bytes"]
     return out
+
+
+def time_report(dst: Path, src: Path, judges: list[str], gallery: str | None, out: Path, workers: int,
+                remote=None) -> dict[str, Any]:
+    """`facepriv report` (build_report) of one cloaked DST with the preset's judges, cache off:
+    seconds (judge loading and gallery enrolment included) and the faces it measured."""
+    from facepriv.report import aggregate as agg
+    from facepriv.report.build import ReportSettings, build_report
+
+    shutil.rmtree(out, ignore_errors=True)
+    s = ReportSettings(judges=judges, gallery=gallery, src=str(src), out=str(out), sample=0, progress=False,
+                       workers=workers, cache=False, verify_against=None if gallery else "original")
+    t0 = time.perf_counter()
+    rep = build_report([str(dst)], s, log=lambda m: None, remote=remote)
+    seconds = time.perf_counter() - t0
+    measured = sum(c["measured"] for c in rep["measured"].values())
+    run = rep["runs"][0]
+    return {"seconds": seconds, "faces_measured": measured, "per_face_s": seconds / measured if measured else None,
+            "workers": workers, "judges": judges, "gallery": gallery,
+            "judge_names": list(rep["judges"]),
+            "protection": {n: run["judges"].get(n, {}).get("protection_rate") for n in rep["judges"]},
+            "verification": {n: agg.verification_rate(run["judges"].get(n)) for n in rep["judges"]},
+            "notes": (rep["details"][0]["notes"] + rep["notes"])[:5]}
+
+
+def report_vs_cloak(o: "BenchOptions", s, src: Path, work: Path, cloak: dict[str, Any], log=print) -> dict[str, Any]:
+    """The report's per-face cost over the cloak's on the same photos, side by side in this run:
+    in this process (the preset's in-process cloak above vs `build_report` with workers 0), and
+    with --ray on Ray (the same cloak through `run_cloak` vs the report's Ray workers)."""
+    judges = [j for j in o.report_judges if _judge_available(j)]
+    skipped = [j for j in o.report_judges if j not in judges]
+    if not judges:
+        return {"skipped": f"no report judge installed of {', '.join(o.report_judges)}"}
+    log(f"report: judges {', '.join(judges)} on the preset's written files (in this process) ...")
+    here = time_report(work / "dst-preset", src, judges, o.report_gallery, work / "report-here", 0)
+    res: dict[str, Any] = {"judges": judges, "not_installed": skipped, "in_process": {
+        "cloak_per_face_s": cloak["seconds"] / cloak["faces"] if cloak["faces"] else None, "report": here}}
+    c = res["in_process"]["cloak_per_face_s"]
+    res["in_process"]["report_over_cloak_per_face"] = here["per_face_s"] / c if c and here["per_face_s"] else None
+    if o.ray:
+        from facepriv.distributed.judging import measure_on_ray
+
+        log("report: the preset's cloak and the report on Ray, the same photos ...")
+        ray_cloak = run_facepriv_ray(src, work / "dst-preset-ray", s, o.batch_size)
+        ray_rep = time_report(work / "dst-preset-ray", src, judges, o.report_gallery, work / "report-ray",
+                              int(ray_cloak["workers"]), remote=measure_on_ray)
+        rc = ray_cloak["seconds"] / ray_cloak["faces"] if ray_cloak["faces"] else None
+        res["ray"] = {"cloak": ray_cloak, "cloak_per_face_s": rc, "report": ray_rep,
+                      "report_over_cloak_per_face": ray_rep["per_face_s"] / rc if rc and ray_rep["per_face_s"] else None}
+    return res
+
+
+def _judge_available(spec: str) -> bool:
+    from facepriv.judges import get_judge
+
+    try:
+        get_judge(spec)
+    except Exception:  # noqa: BLE001 - not installed here: left out of the comparison, and said so
+        return False
+    return True
 
 
 # -- the whole bench ---------------------------------------------------------------------------------
@@ -648,6 +710,8 @@ class BenchOptions:
     surrogate: str | None = None  # the preset's surrogates (default: the installed ones, as cloak picks them)
     preset_rss_n: int = 3  # N for the preset's peak-RSS runs of N and 10N photos (0: skipped)
     device: str = "auto"
+    report_judges: list[str] = field(default_factory=lambda: ["dlib", "sface"])  # [] skips the report timing
+    report_gallery: str | None = None  # clean DIR/<identity>/<photos> (None: verification against the original)
 
 
 def run_bench(o: BenchOptions, log=print) -> dict[str, Any]:
@@ -668,6 +732,10 @@ def run_bench(o: BenchOptions, log=print) -> dict[str, Any]:
         if o.preset:
             res["preset"] = run_preset(o, photos, work, log)
             res["preset_per_face_cost_ratio"] = res["preset"]["ratio"]
+            rep = res["preset"].get("report") or {}
+            for where in ("in_process", "ray"):
+                if rep.get(where):
+                    res[f"report_over_cloak_per_face_{where}"] = rep[where]["report_over_cloak_per_face"]
     finally:
         if not o.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -858,6 +926,18 @@ def format_preset(d: dict[str, Any]) -> list[str]:
                                                    for k, v in b.items()),
            f"the surrogate's forward+backward inside the run / bare: {_f(d['surrogate_in_run_over_bare'])}; "
            f"wall / that in-run surrogate work: {_f(d['ratio_over_in_run_surrogate'])}"]
+    rep = d.get("report") or {}
+    if rep.get("skipped"):
+        out.append(f"report: {rep['skipped']}")
+    for where in ("in_process", "ray"):
+        if rep.get(where):
+            x = rep[where]
+            r = x["report"]
+            out.append(f"report ({where.replace('_', ' ')}, {r['workers']} worker(s), judges {', '.join(r['judges'])}, "
+                       f"{'gallery ' + r['gallery'] if r['gallery'] else 'verification against the original'}): "
+                       f"{r['seconds']:.1f} s for {r['faces_measured']} faces, {_f(r['per_face_s'], '{:.3f}')} s/face; "
+                       f"cloak {_f(x['cloak_per_face_s'], '{:.3f}')} s/face; report / cloak per face "
+                       f"{_f(x['report_over_cloak_per_face'])}")
     if "rss" in d:
         rs = d["rss"]
         out.append(f"preset peak RSS: {rs['n']['photos']} photos {rs['n']['peak_rss_bytes'] / 2**20:.0f} MiB, "

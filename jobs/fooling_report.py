@@ -4,8 +4,9 @@
         python jobs/fooling_report.py s3://photos/cloaked --judge dlib --gallery s3://photos/enrol
 
 Same options and code path as `facepriv report` (facepriv.cli.report.cmd_report ->
-facepriv.report.build_report). It runs in the job's driver process (judging is numpy/dlib on
-the finished files, no Ray tasks). Exit status: 0 on success, 2 for a usage/input error, 1
+facepriv.report.build_report): the written files are re-read, re-detected and embedded in Ray
+workers (`--workers`, each loading MTCNN and every judge once), the rates computed in the
+job's driver from the embeddings; rows measured by an earlier report come from its cache. Exit status: 0 on success, 2 for a usage/input error, 1
 when the report itself failed.
 """
 

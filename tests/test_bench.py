@@ -180,7 +180,8 @@ def test_bench_protect_preset_without_a_classifier(tmp_path, monkeypatch, capsys
         (photos / p.parent.name / p.name).write_bytes(p.read_bytes())
     out = tmp_path / "bench.json"
     capsys.readouterr()
-    assert main(["bench", str(photos), "--out", str(out), "--preset-rss-n", "1", "--threads", "1",
+    assert main(["bench", str(photos), "--out", str(out), "--preset-rss-n", "1", "--threads", "1", "--no-ray",
+                 "--report-judges", "embedder:mobilefacenet,nosuchjudge",
                  "--no-progress"]) == 0  # no --model, no --preset: protect, as surrogates are installed
     r = json.loads(out.read_text())
     assert "facepriv_fgsm" not in r and "speedup_vs_naive_fgsm" not in r  # the classifier parts need --model
@@ -204,7 +205,17 @@ def test_bench_protect_preset_without_a_classifier(tmp_path, monkeypatch, capsys
     assert clock["align_bwd"] > 0 and clock["net_bwd"] > 0 and clock["gradient"] > clock["grad_fwd"] > 0
     assert d["rss"]["n"]["photos"] == 1 and d["rss"]["10n"]["photos"] == 10
     assert d["rss"]["n"]["peak_rss_bytes"] > 0 and d["rss_ratio_10n_over_n"] > 0
+    rep = d["report"]  # the report timed beside the cloak, on the same written files
+    assert rep["judges"] == ["embedder:mobilefacenet"] and rep["not_installed"] == ["nosuchjudge"]
+    here = rep["in_process"]
+    assert here["report"]["faces_measured"] == 2 and here["report"]["workers"] == 0
+    assert here["report"]["per_face_s"] > 0 and here["cloak_per_face_s"] == pytest.approx(d["seconds"] / d["faces"])
+    assert here["report_over_cloak_per_face"] == pytest.approx(here["report"]["per_face_s"] / here["cloak_per_face_s"])
+    assert r["report_over_cloak_per_face_in_process"] == here["report_over_cloak_per_face"] and "ray" not in rep
+    assert here["report"]["judge_names"] == ["tfjs:mobilefacenet"]
+    assert here["report"]["verification"]["tfjs:mobilefacenet"] is not None, str(here["report"])  # it judged
     table = capsys.readouterr().out
+    assert "report (in process, 0 worker(s), judges embedder:mobilefacenet" in table
     assert "preset protect (embed-pgd on mobilefacenet, 40 steps" in table and "ratio" in table
     assert "budget" in table and "naive" not in table
 

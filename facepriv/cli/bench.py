@@ -34,6 +34,13 @@ def add_parser(subparsers) -> None:
                    help="the preset's surrogates (default: the installed ones, as `facepriv cloak --preset` picks)")
     b.add_argument("--preset-rss-n", type=int, default=3,
                    help="N for the preset's peak-RSS runs of N and 10N photos (default 3; 0 skips them)")
+    b.add_argument("--report-judges", default="dlib,sface", metavar="SPECS",
+                   help="judges of the report timed on the preset's written files, beside the cloak (per-face cost "
+                        "of `facepriv report` over the cloak's; judges not installed are left out and named; "
+                        "'none' skips it; default dlib,sface)")
+    b.add_argument("--report-gallery", default=None, metavar="DIR",
+                   help="clean DIR/<identity>/<photos> the report enrols (default: none, verification against the "
+                        "originals)")
     b.add_argument("--device", default="auto", help="torch device for the cloaks (default auto: cuda if available)")
     b.add_argument("--out", default="bench.json", help="JSON to write (default bench.json)")
     b.add_argument("--limit", type=int, default=None,
@@ -67,6 +74,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     o = BenchOptions(photo_dirs=args.photo_dirs, model=args.model, out=args.out, limit=args.limit,
                      preset=default_preset(args.preset, args.surrogate), surrogate=args.surrogate,
                      preset_rss_n=args.preset_rss_n, device=args.device,
+                     report_judges=[] if args.report_judges == "none" else
+                     [j.strip() for j in args.report_judges.split(",") if j.strip()],
+                     report_gallery=args.report_gallery,
                      warmup=args.warmup, batch_size=args.batch_size, face_batch=args.face_batch, views=args.views,
                      fgsm_eps=args.eps, pgd_eps=args.pgd_eps, steps=args.steps, irv1_model=args.irv1_model,
                      irv1_photos=args.irv1_photos, rss_n=args.rss_n, ray=not args.no_ray, threads=args.threads,

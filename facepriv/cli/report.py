@@ -47,6 +47,18 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
                         "every judge (default on)")
     r.add_argument("--transforms", nargs="+", default=list(robustness.TRANSFORMS), metavar="T",
                    help=f"which transforms (default: {' '.join(robustness.TRANSFORMS)}; also jpegQ / downF)")
+    w = p.add_argument_group("scale")
+    w.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="Ray workers that re-read, re-detect and embed the written files (each loads MTCNN and every "
+                        "judge once); 0 = in this process, no Ray (default: one per CPU when there are at least "
+                        "48 faces to measure, else in this process)")
+    w.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="photos per worker call (detection is batched over them; default 8)")
+    w.add_argument("--address", default=None,
+                   help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded local instance)")
+    w.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep what each face measured (embeddings, re-detection) and each enrolled gallery under "
+                        "REPORT/cache/, so a report run again measures only new rows (default on)")
     o = p.add_argument_group("output")
     o.add_argument("--sample", type=int, default=8, metavar="N",
                    help="photos per run shown as panels (original, amplified perturbation, cloaked; default 8)")
@@ -73,14 +85,17 @@ def settings_from_args(args: argparse.Namespace):
                           labels=args.labels, mode=args.mode, robustness=args.robustness,
                           transforms=list(args.transforms), sample=args.sample, run_ids=args.run_ids, src=args.src,
                           out=args.out, s3_endpoint=args.s3_endpoint, retries=args.retries, device=args.device,
-                          progress=not args.no_progress, verify_against=args.verify_against)
+                          progress=not args.no_progress, verify_against=args.verify_against,
+                          workers=args.workers, batch_size=args.batch_size, address=args.address, cache=args.cache)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from facepriv.distributed.judging import measure_on_ray
     from facepriv.report.build import build_report, print_runs
     from facepriv.report.headline import expect_table, headline
 
-    report = build_report(args.dsts, settings_from_args(args), log=lambda m: print(m, file=sys.stderr, flush=True))
+    report = build_report(args.dsts, settings_from_args(args), log=lambda m: print(m, file=sys.stderr, flush=True),
+                          remote=measure_on_ray)
     if args.markdown:
         print(expect_table(report))
     else:

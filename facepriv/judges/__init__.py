@@ -25,6 +25,7 @@ from facepriv.judges.base import (
     embed_central,
     evasion,
     faces_from_detection,
+    galleries_from_folder,
     identify,
     identify_many,
     pairwise_distances,
@@ -79,6 +80,7 @@ def get_judge(spec: str, **options: Any) -> Judge:
 
 __all__ = [
     "Face", "Gallery", "JUDGES", "Judge", "central_face", "embed_central", "evasion", "faces_from_detection",
-    "get_judge", "identify", "identify_many", "pairwise_distances", "poisoning", "recognised", "register_judge",
+    "galleries_from_folder", "get_judge", "identify", "identify_many", "pairwise_distances", "poisoning", "recognised",
+    "register_judge",
     "AGAINST", "self_verification", "verification",
 ]

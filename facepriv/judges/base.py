@@ -178,49 +178,73 @@ class Gallery:
         `select(sorted file names of one identity) -> the ones to use` (e.g. ``lambda f: f[:10]``).
         Photos without a face or that cannot be decoded are listed in `skipped`.
         """
-        import fsspec
+        return galleries_from_folder(root, [judge], detector, select, storage_options)[judge.name]
 
-        from facepriv.io.imageio import decode
 
-        fs, base = fsspec.core.url_to_fs(root, **(storage_options or {}))
-        if not fs.isdir(base):
-            raise FileNotFoundError(f"gallery folder {root!r} not found (expected ROOT/<identity>/<photos>)")
-        if detector is None:
-            from facepriv.pipeline.faces import FaceDetector
+def galleries_from_folder(root: str, judges: Sequence[Judge], detector: Any = None,
+                          select: Callable[[list[str]], list[str]] | None = None,
+                          storage_options: dict | None = None, batch: int = 8,
+                          progress: Callable[[int], None] | None = None) -> dict[str, Gallery]:
+    """`Gallery.from_folder` for several judges at once: each photo is decoded and detected once
+    (in batches of `batch`), and its central face embedded by every judge."""
+    import fsspec
 
-            detector = FaceDetector()
-        gallery = cls.for_judge(judge)
-        def kind(e: dict) -> str:  # a local symlink is listed as "other": follow it
-            if e["type"] == "other":
-                return "directory" if fs.isdir(e["name"]) else "file" if fs.isfile(e["name"]) else "other"
-            return e["type"]
+    from facepriv.io.imageio import decode
 
-        for entry in sorted(fs.ls(base, detail=True), key=lambda e: e["name"]):
-            if kind(entry) != "directory":
+    fs, base = fsspec.core.url_to_fs(root, **(storage_options or {}))
+    if not fs.isdir(base):
+        raise FileNotFoundError(f"gallery folder {root!r} not found (expected ROOT/<identity>/<photos>)")
+    if detector is None:
+        from facepriv.pipeline.faces import FaceDetector
+
+        detector = FaceDetector()
+    out = {j.name: Gallery.for_judge(j) for j in judges}
+
+    def kind(e: dict) -> str:  # a local symlink is listed as "other": follow it
+        if e["type"] == "other":
+            return "directory" if fs.isdir(e["name"]) else "file" if fs.isfile(e["name"]) else "other"
+        return e["type"]
+
+    todo: list[tuple[str, str, str]] = []  # identity, key, path
+    for entry in sorted(fs.ls(base, detail=True), key=lambda e: e["name"]):
+        if kind(entry) != "directory":
+            continue
+        identity = posixpath.basename(entry["name"].rstrip("/"))
+        if identity.startswith((".", "_")):
+            continue
+        files = sorted(
+            posixpath.basename(e["name"])
+            for e in fs.ls(entry["name"], detail=True)
+            if kind(e) == "file" and e["name"].lower().endswith(IMAGE_EXTS)
+        )
+        if select is not None:
+            files = list(select(files))
+        todo += [(identity, f"{identity}/{name}", posixpath.join(entry["name"], name)) for name in files]
+
+    def skip(key: str, why: str) -> None:
+        for g in out.values():
+            g.skipped.append((key, why))
+
+    for i in range(0, len(todo), max(1, batch)):
+        chunk, rgbs = [], []
+        for identity, key, path in todo[i: i + batch]:
+            try:
+                rgbs.append(decode(fs.cat_file(path)).rgb)
+            except Exception as e:  # noqa: BLE001 - recorded, one bad photo must not stop enrolment
+                skip(key, f"cannot decode: {e}")
                 continue
-            identity = posixpath.basename(entry["name"].rstrip("/"))
-            if identity.startswith((".", "_")):
+            chunk.append((identity, key))
+        for (identity, key), rgb, det in zip(chunk, rgbs, detector.detect(rgbs) if rgbs else []):
+            faces = faces_from_detection(det)
+            c = central_face(faces, rgb.shape)
+            if c is None:
+                skip(key, "no face detected")
                 continue
-            files = sorted(
-                posixpath.basename(e["name"])
-                for e in fs.ls(entry["name"], detail=True)
-                if kind(e) == "file" and e["name"].lower().endswith(IMAGE_EXTS)
-            )
-            if select is not None:
-                files = list(select(files))
-            for name in files:
-                key = f"{identity}/{name}"
-                try:
-                    rgb = decode(fs.cat_file(posixpath.join(entry["name"], name))).rgb
-                except Exception as e:  # noqa: BLE001 - recorded, one bad photo must not stop enrolment
-                    gallery.skipped.append((key, f"cannot decode: {e}"))
-                    continue
-                emb = embed_central(judge, detector, rgb)
-                if emb is None:
-                    gallery.skipped.append((key, "no face detected"))
-                    continue
-                gallery.add(identity, emb, key)
-        return gallery
+            for j in judges:
+                out[j.name].add(identity, np.asarray(j.embed(rgb, [faces[c]]))[0], key)
+        if progress is not None:
+            progress(len(todo[i: i + batch]))
+    return out
 
 
 def embed_central(judge: Judge, detector: Any, rgb: np.ndarray) -> np.ndarray | None:

@@ -52,6 +52,13 @@ class ReportSettings:
     # verification reference: "gallery" (clean photos of the probe's identity), "original" (each face's
     # own clean face in SRC; no gallery or labels needed) or None (gallery when there is one)
     verify_against: str | None = None
+    # measuring the probes: Ray workers (None: as many as CPUs when there are enough faces to
+    # measure; 0 or 1: in this process), `batch_size` probes per call; the report cache (only
+    # rows not measured before are measured: DST/_facepriv/report/cache/)
+    workers: int | None = 0
+    batch_size: int = 8
+    address: str | None = None
+    cache: bool = True
 
 
 @dataclass
@@ -109,11 +116,13 @@ def judge_settings(judges: Sequence[Any], against: Callable[[Any], str]) -> dict
 
 
 def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], None] = print,
-                 evaluator: Any = None) -> dict[str, Any]:
+                 evaluator: Any = None, remote: Callable | None = None) -> dict[str, Any]:
     """Build and write the report; returns report.json's content.
 
     `evaluator` (an `evaluate.Evaluator`) may be passed to reuse enrolled galleries and cached
     clean embeddings across several reports; its judges and transforms are then used as they are.
+    `remote`: the Ray layer that measures in workers (`facepriv.distributed.judging.measure_on_ray`,
+    given by the CLI and the jobs); without it every face is measured in this process.
     """
     if s.mode not in ("evasion", "poisoning"):
         raise UsageError(f"--mode must be evasion or poisoning, got {s.mode!r}")
@@ -139,23 +148,20 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
     if judges and not s.gallery:
         notes.append("no --gallery: identification is not measured; verification compares each cloaked face "
                      "(every face of every photo, re-detected in the written file) with the same face in SRC")
+    out = open_archive(s.out, s) if s.out else archives[0]
+    prefix = "" if s.out else f"{REPORT_DIR}/"
     if judges and evaluator is None and s.gallery:
-        from facepriv.judges import Gallery
+        from facepriv.report.gallery import enrol
 
-        sel = (lambda f: f[: s.gallery_per_identity]) if s.gallery_per_identity else None
-        for j in judges:
-            log(f"enrolling {s.gallery} with judge {j.name} ...")
-            g = Gallery.from_folder(s.gallery, j, select=sel,
-                                    storage_options=storage_options(s.gallery, s.s3_endpoint, s.retries))
-            galleries[j.name] = g
-            log(f"  {len(g.identities)} identities, {len(g)} photos enrolled, {len(g.skipped)} skipped")
-            if g.skipped:
-                notes.append(f"gallery ({j.name}): {len(g.skipped)} photo(s) not enrolled, e.g. {g.skipped[0]}")
+        galleries = enrol(s, judges, out if s.cache else None, prefix, log, notes)
     from facepriv.report.evaluate import Evaluator
 
     ev = evaluator or Evaluator(judges, galleries, s.mode, s.transforms if s.robustness else [], s.labels, s.device,
-                                s.progress, verify_against=s.verify_against)
+                                s.progress, verify_against=s.verify_against, specs=specs, workers=s.workers,
+                                batch_size=s.batch_size, cache_at=(out, prefix) if s.cache else None,
+                                address=s.address, s3_endpoint=s.s3_endpoint, retries=s.retries, remote=remote)
     records, details, face_tables, panel_list = [], [], [], []
+    measured: dict[str, dict[str, int]] = {}
     images: dict[str, bytes] = {}
     plot_list: list[dict[str, Any]] = []
     for run in runs:
@@ -165,6 +171,10 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
         log(f"run {run.run_id}: {len(run.rows)} rows, {st['attack']} eps {st['eps']}, SRC {src_url}")
         sample = agg.sample_rows(run.rows, s.sample)
         res = ev.evaluate(run.rows, src, run.dst) if (judges or ev.transforms) else None
+        if res is not None and ev.last_counts:
+            c = ev.last_counts
+            log(f"  {c['probes']} faces: {c['measured']} measured, {c['cached']} from the report cache")
+            measured[run.run_id] = dict(c)
         rec = agg.run_record(run.run_id, run.rows, res.judges if res else None, res.robustness if res else None,
                              dst=run.dst_url, src=src_url)
         rec["crafted_on"] = loo.crafting_specs(run.rows)
@@ -192,8 +202,7 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
         "robustness_table": agg.robustness_table(records), "leave_one_out": loo.table(records), "notes": notes,
         "plots": plot_list,
     }
-    out = open_archive(s.out, s) if s.out else archives[0]
-    prefix = "" if s.out else f"{REPORT_DIR}/"
+    report["measured"] = measured
     write_outputs(out, prefix, report, runs, face_tables, html_mod.render(report, curve_b64, panel_list), images)
     report["written_to"] = out.url.rstrip("/") + ("/" + prefix.rstrip("/") if prefix else "")
     return report

@@ -21,22 +21,28 @@ face in the clean original, which needs neither gallery nor labels (group photos
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from facepriv.io import imageio
 from facepriv.report import robustness
 from facepriv.io.archive import Archive
 from facepriv.judges import AGAINST, Gallery, Judge, evasion, identify, poisoning, self_verification, verification
 from facepriv.report.aggregate import faces_of
-from facepriv.report.probes import Surrogate, detector_for, face_dict, match, probes_of, surrogate_fooled
+from facepriv.report.probes import Surrogate, detector_for, face_dict, probes_of
+from facepriv.report import cache
+from facepriv.report.measure import Measure, Measurer, Task, WorkerSpec
 from facepriv.report import leave_one_out as loo
+
+AUTO_RAY_FACES = 48  # workers=None: fewer faces to measure than this are measured in this process
+
 
 @dataclass
 class RunEvaluation:
@@ -57,12 +63,26 @@ class Evaluator:
 
     def __init__(self, judges: Sequence[Judge], galleries: dict[str, Gallery] | None = None,
                  mode: str = "evasion", transforms: Sequence[str] = (), labels: str = "folder",
-                 device: str = "cpu", progress: bool = True, verify_against: str | None = None):
+                 device: str = "cpu", progress: bool = True, verify_against: str | None = None,
+                 specs: Sequence[str] | None = None, workers: int | None = 0, batch_size: int = 8,
+                 cache_at: tuple[Archive, str] | None = None, address: str | None = None,
+                 s3_endpoint: str | None = None, retries: int = 5, remote: Callable | None = None):
         if mode not in ("evasion", "poisoning"):
             raise ValueError(f"mode must be evasion or poisoning, got {mode!r}")
         if verify_against is not None and verify_against not in AGAINST:
             raise ValueError(f"verify_against must be one of {AGAINST} or None, got {verify_against!r}")
         self.verify_against = verify_against
+        # measuring: in Ray workers (`workers` > 1; judges built there from `specs`, the judge
+        # specs `self.judges` came from) or here; `cache_at` (archive, prefix): the report cache
+        self.specs = list(specs) if specs is not None else None
+        self.workers = None if workers is None else int(workers)
+        self.batch_size = max(1, int(batch_size))
+        self.cache_at = cache_at
+        self.address, self.s3_endpoint, self.retries = address, s3_endpoint, retries
+        # remote(WorkerSpec, tasks, workers, batch_size, address, on_done) -> measures: the shell's
+        # Ray layer (facepriv.distributed.judging.measure_on_ray); None: always in this process
+        self.remote = remote
+        self.last_counts: dict[str, int] = {}
         self.judges = list(judges)
         self.galleries = dict(galleries or {})
         self.mode = mode
@@ -124,6 +144,17 @@ class Evaluator:
         names = [j.name for j in self.judges] if src is not None else []
         judges = self.judges if names else []
         own = {jd.name for jd in judges if self.against(jd) == "original"}  # verified against their own clean face
+        src_url = src.url if src is not None else ""
+        tasks = []
+        for p in probes:
+            fds = [face_dict(f) for f in faces_of(p.row)]
+            wanted = {jd.name: (list(range(len(fds))) if jd.name in own else [p.index]) for jd in judges}
+            need = {n: [i for i in idx if (n, src_url, p.key, i) not in self._clean_cache] for n, idx in wanted.items()}
+            tasks.append(Task(p.key, p.output_key, [{"box": f["box"].tolist(), "landmarks": None if f["landmarks"] is None
+                                                     else f["landmarks"].tolist()} for f in fds],
+                              p.index, wanted, need, bool(p.face.get("judged")),
+                              {k: p.face.get(k) for k in ("label", "clean_pred")}))
+        measures = self._measures(rows, probes, tasks, src, dst, judges, detector, sur, target, ev.notes)
         # embeddings[name] -> list over probes of (clean, cloaked, {transform: emb})
         clean: dict[str, list] = {n: [] for n in names}
         cloak: dict[str, list] = {n: [] for n in names}
@@ -133,68 +164,41 @@ class Evaluator:
         pairs_t: dict[str, dict[str, list]] = {t: {n: [] for n in own} for t in self.transforms}
         probe_at: dict[str, list[int]] = {n: [] for n in own}
         sur_counts = {t: [0, 0] for t in self.transforms}  # judged, fooled
-        bar = tqdm(probes, desc=f"judging {len(probes)} faces", unit="face", disable=not self.progress,
-                   file=sys.stderr)
-        for p in bar:
+        for p, t, m in zip(probes, tasks, measures):
             rec: dict[str, Any] = {"source_key": p.key, "identity": p.identity, "label": p.face.get("label"),
                                    "judged": bool(p.face.get("judged")), "fooled": p.face.get("fooled"),
                                    "clean_pred": p.face.get("clean_pred"), "cloaked_pred": p.face.get("cloaked_pred")}
-            try:
-                back = imageio.decode(dst.read_bytes(p.output_key), max_pixels=2**62).rgb
-            except Exception as e:  # noqa: BLE001 - one missing output is one note, not a crash
-                ev.notes.append(f"{p.output_key}: cannot read the cloaked file ({type(e).__name__}: {e})")
+            if m.error:
+                ev.notes.append(m.error)
                 continue
-            # the faces to judge: the probe, plus every other face of the photo for self-verification
-            fds = [face_dict(f) for f in faces_of(p.row)]
+            if m.clean_error:
+                ev.notes.append(m.clean_error)
+            rec["redetected"] = m.redetected
             pi = p.index
-            wanted = {jd.name: (list(range(len(fds))) if jd.name in own else [pi]) for jd in judges}
-            redet = detector.detect([back])[0]
-            cloak_faces = _found(fds, redet)
-            rec["redetected"] = cloak_faces[pi] is not None
-            clean_rgb = None
-            if names and any((n, src.url, p.key, i) not in self._clean_cache for n in names for i in wanted[n]):
-                try:
-                    clean_rgb = self._clean_rgb(src, p.key)
-                except Exception as e:  # noqa: BLE001
-                    ev.notes.append(f"{p.key}: cannot read the original ({type(e).__name__}: {e})")
             for jd in judges:
-                n, idx = jd.name, wanted[jd.name]
-                todo = [i for i in idx if (n, src.url, p.key, i) not in self._clean_cache]
-                if todo:
-                    embs = (_embed_many(jd, clean_rgb, [fds[i] for i in todo]) if clean_rgb is not None
-                            else [None] * len(todo))
-                    for i, e in zip(todo, embs):
-                        self._clean_cache[(n, src.url, p.key, i)] = e
-                ce = [self._clean_cache[(n, src.url, p.key, i)] for i in idx]
-                ke = _embed_many(jd, back, [cloak_faces[i] for i in idx])
+                n, idx = jd.name, t.wanted[jd.name]
+                ce = [self._clean_cache[(n, src_url, p.key, i)] for i in idx]
+                ke = [m.cloak[n][i] for i in idx]
                 clean[n].append(ce[idx.index(pi)])
                 cloak[n].append(ke[idx.index(pi)])
                 if n in own:
                     probe_at[n].append(len(pairs[n]) + idx.index(pi))
                     pairs[n].extend(zip(ce, ke))
-            for t in self.transforms:
-                rgb_t, scaled = robustness.apply(t, back, fds)
-                det_t = detector.detect([rgb_t])[0]
-                faces_t = _found(scaled, det_t)
-                face_t = faces_t[pi]
-                if sur is not None and p.face.get("judged"):
-                    box_t = face_t["box"] if face_t is not None else scaled[pi]["box"]
-                    pred = sur.classify(rgb_t, box_t[None])[0]
-                    fooled = surrogate_fooled(p.face, pred, target)
-                    sur_counts[t][0] += 1
-                    sur_counts[t][1] += fooled
-                    rec[f"{t}_pred"] = pred
-                    rec[f"{t}_fooled"] = fooled
-                rec[f"{t}_redetected"] = face_t is not None
+            for tr in self.transforms:
+                if tr in m.trans_pred:
+                    sur_counts[tr][0] += 1
+                    sur_counts[tr][1] += m.trans_fooled[tr]
+                    rec[f"{tr}_pred"] = m.trans_pred[tr]
+                    rec[f"{tr}_fooled"] = m.trans_fooled[tr]
+                rec[f"{tr}_redetected"] = m.trans_redetected.get(tr, False)
                 for jd in judges:
-                    n, idx = jd.name, wanted[jd.name]
-                    ke = _embed_many(jd, rgb_t, [faces_t[i] for i in idx])
-                    trans[t][n].append(ke[idx.index(pi)])
+                    n, idx = jd.name, t.wanted[jd.name]
+                    ke = [m.trans[tr][n][i] for i in idx]
+                    trans[tr][n].append(ke[idx.index(pi)])
                     if n in own:
-                        pairs_t[t][n].extend(zip((self._clean_cache[(n, src.url, p.key, i)] for i in idx), ke))
+                        pairs_t[tr][n].extend(zip((self._clean_cache[(n, src_url, p.key, i)] for i in idx), ke))
             rec["_probe"] = p
             ev.faces.append(rec)
-        bar.close()
         roles = loo.roles([loo.judge_identity(j) for j in self.judges],
                           [loo.spec_identity(sp) for sp in loo.crafting_specs(rows)]) if names else {}
         for jd in judges:
@@ -227,8 +231,69 @@ class Evaluator:
             ev.robustness[t] = entry
         return ev
 
-    def _clean_rgb(self, src: Archive, key: str) -> np.ndarray:
-        return imageio.decode(src.read_bytes(key), max_pixels=2**62).rgb
+    def _measures(self, rows, probes, tasks: list[Task], src: Archive | None, dst: Archive, judges, detector, sur,
+                  target, notes: list[str]) -> list[Measure]:
+        """Each task's measure: from the report cache when this row was measured before with this
+        configuration, else measured now (in Ray workers with `workers` > 1 and judge specs, else
+        here) and added to the cache. Clean embeddings land in the cross-run clean cache."""
+        src_url = src.url if src is not None else ""
+        run_id = str(next((r.get("run_id") for r in rows if r.get("run_id")), ""))
+        store = None
+        if self.cache_at is not None:
+            archive, prefix = self.cache_at
+            config = cache.signature(cache.VERSION, [cache.judge_identity(j) for j in judges], self.transforms,
+                                     dataclasses.asdict(detector.settings), getattr(sur, "path", None), target,
+                                     src_url)
+            store = cache.MeasureCache(archive, prefix, run_id, config)
+        sigs = [cache.row_signature(p.row, t.wanted, t.faces) for p, t in zip(probes, tasks)]
+        known = store.load() if store is not None else {}
+        if store is not None:
+            notes.extend(store.notes)
+        got: list[Measure | None] = [None] * len(tasks)
+        for k, sig in enumerate(sigs):
+            if sig in known:
+                got[k] = Measure.from_bytes(known[sig])
+        todo = [k for k, m in enumerate(got) if m is None]
+        self.last_counts = {"probes": len(tasks), "cached": len(tasks) - len(todo), "measured": len(todo)}
+        if todo:
+            bar = tqdm(total=len(todo), desc=f"judging {len(todo)} faces"
+                       + (f" ({len(tasks) - len(todo)} cached)" if len(todo) < len(tasks) else ""),
+                       unit="face", disable=not self.progress, file=sys.stderr)
+            sub = [tasks[k] for k in todo]
+            workers = self.workers
+            if workers is None:  # auto: Ray workers, one per CPU, when there is enough to measure
+                workers = (os.cpu_count() or 1) if len(sub) >= AUTO_RAY_FACES else 0
+            if workers > 1 and self.specs is not None and self.remote is not None and len(sub) > self.batch_size:
+                spec = WorkerSpec(src_url or None, dst.url, list(self.specs), list(self.transforms),
+                                  dataclasses.asdict(detector.settings), getattr(sur, "path", None), target,
+                                  self.device, self.s3_endpoint, self.retries)
+                fresh = self.remote(spec, sub, workers, self.batch_size, self.address, on_done=bar.update)
+            else:
+                m = Measurer(src, dst, judges, detector, self.transforms, sur, target)
+                fresh = []
+                for i in range(0, len(sub), self.batch_size):
+                    fresh += m.measure(sub[i: i + self.batch_size])
+                    bar.update(len(sub[i: i + self.batch_size]))
+            bar.close()
+            for k, m in zip(todo, fresh):
+                got[k] = m
+        # clean embeddings: fill the cross-run cache from the measures, then complete each measure from
+        # it (a cached measure holds every clean embedding it uses, whatever run computed it first)
+        for t, m in zip(tasks, got):
+            for n, d in m.clean.items():
+                for i, e in d.items():
+                    self._clean_cache[(n, src_url, t.key, i)] = e
+        for t, m in zip(tasks, got):
+            for n, idx in t.wanted.items():
+                for i in idx:
+                    m.clean.setdefault(n, {}).setdefault(i, self._clean_cache.get((n, src_url, t.key, i)))
+                    self._clean_cache.setdefault((n, src_url, t.key, i), m.clean[n][i])
+        if store is not None and todo:
+            try:
+                store.add([(sigs[k], got[k].to_bytes()) for k in todo if not got[k].error])
+            except Exception as e:  # noqa: BLE001 - the cache is an optimisation: a report still comes out
+                notes.append(f"report cache not written ({type(e).__name__}: {e}); the next report measures again")
+        return got  # type: ignore[return-value]
 
     def _judge(self, jd: Judge, recs: list[dict], clean: list, cloaked: list) -> tuple[dict, list[dict]]:
         """Evasion or poisoning over aligned probe lists; per-probe dicts (clean_pred, cloaked_pred, protected)."""
@@ -291,37 +356,3 @@ def _mean_shift(clean: Sequence, cloaked: Sequence, metric: str) -> float | None
     d = [float(pairwise_distances(np.asarray(c)[None], np.asarray(k)[None], metric)[0, 0])
          for c, k in zip(clean, cloaked) if c is not None and k is not None]
     return float(np.mean(d)) if d else None
-
-
-def _found(faces: Sequence[dict[str, Any]], det: Any) -> list[dict[str, Any] | None]:
-    """For each face (box), the detection in `det` that matches it (box, landmarks), or None."""
-    out = []
-    for f in faces:
-        j = match(f["box"], det.boxes)
-        out.append(None if j is None else {"box": det.boxes[j], "landmarks": det.landmarks[j]})
-    return out
-
-
-def _embed_many(judge: Judge, rgb: np.ndarray, faces: Sequence[dict[str, Any] | None]) -> list[np.ndarray | None]:
-    """Embed the faces of one image in one call (None entries stay None); one face the judge
-    cannot embed (ValueError, e.g. an empty box after scaling) falls back to one call per face."""
-    present = [k for k, f in enumerate(faces) if f is not None]
-    out: list[np.ndarray | None] = [None] * len(faces)
-    if not present:
-        return out
-    try:
-        e = np.asarray(judge.embed(rgb, [faces[k] for k in present]))
-        for k, row in zip(present, e):
-            out[k] = row
-    except ValueError:
-        for k in present:
-            out[k] = _embed(judge, rgb, faces[k])  # type: ignore[arg-type]
-    return out
-
-
-def _embed(judge: Judge, rgb: np.ndarray, face: dict[str, Any]) -> np.ndarray | None:
-    try:
-        e = np.asarray(judge.embed(rgb, [face]))
-    except ValueError:  # e.g. an empty box after scaling
-        return None
-    return e[0] if len(e) else None
