@@ -58,6 +58,53 @@ def test_prepare_model_drops_unconsumed_and_weight_inputs_on_a_tiny_graph():
     np.testing.assert_array_equal(sess.run(None, {"data": batch})[0], batch + [1.0, 2.0, 3.0])
 
 
+def test_fold_weights_computes_what_block_dequantize_linear_computes():
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    q = rng.integers(-128, 128, (3, 8), dtype=np.int8)
+    scale = rng.uniform(0.01, 0.1, (3, 2)).astype(np.float32)
+    zp = rng.integers(-3, 4, (3, 2), dtype=np.int8)
+    nodes = [helper.make_node("DequantizeLinear", ["q", "s", "z"], ["wd"], axis=1, block_size=4),
+             helper.make_node("Reshape", ["wd", "shape"], ["w"]),
+             helper.make_node("MatMul", ["data", "w"], ["out"])]
+    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [2, 4])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 6])],
+                          [numpy_helper.from_array(q, "q"), numpy_helper.from_array(scale, "s"),
+                           numpy_helper.from_array(zp, "z"), numpy_helper.from_array(np.array([4, 6]), "shape")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    x = rng.normal(size=(2, 4)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"data": x})[0]
+    folded, n = sf.fold_weights(onnx.load_from_string(model.SerializeToString()))
+    assert n == 1 and [nd.op_type for nd in folded.graph.node] == ["MatMul"]
+    assert [t.name for t in folded.graph.initializer] == ["w"]
+    w = numpy_helper.to_array(folded.graph.initializer[0])
+    by_hand = ((q.astype(np.int32) - np.repeat(zp, 4, 1)) * np.repeat(scale, 4, 1)).reshape(4, 6)
+    np.testing.assert_array_equal(w, by_hand.astype(np.float32))
+    got = ort.InferenceSession(folded.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"data": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not HAVE_SFACE, reason=NO_SFACE)
+def test_real_sface_folded_gives_the_unfolded_embeddings():
+    import onnx
+    import onnxruntime as ort
+
+    raw, _ = sf.prepare_model(onnx.load(sf.model_path()))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    stock = ort.InferenceSession(raw.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess, _ = sf.load_session(sf.model_path())
+    assert any(n.op_type == "DequantizeLinear" for n in raw.graph.node)  # the shipped file is block-quantized
+    assert not any(n.op_type == "DequantizeLinear" for n in sf.fold_weights(raw)[0].graph.node)
+    x = np.random.default_rng(1).uniform(0, 255, (4, 3, 112, 112)).astype(np.float32)
+    a, b = stock.run(None, {"data": x})[0], sess.run(None, {"data": x})[0]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99999 and np.abs(a - b).max() < 1e-4 * np.abs(a).max()
+
+
 @pytest.mark.skipif(not HAVE_SFACE, reason=NO_SFACE)
 def test_real_sface_file_loads_with_one_input():
     path = sf.model_path()

@@ -93,6 +93,52 @@ def prepare_model(model: Any, batch_dim: str | None = "N") -> tuple[Any, list[st
     return model, dropped
 
 
+def fold_weights(model: Any) -> tuple[Any, int]:
+    """Dequantize the stored weights once: every DequantizeLinear whose inputs are initializers
+    (int8 weights, per-block scales and zero points), and the Reshape of its result, becomes one
+    float32 initializer, computed as the operator does ((q - zero_point) * scale, blocks of
+    `block_size` along `axis`). onnxruntime then fuses Conv + BatchNormalization and prepacks the
+    weights instead of dequantizing them on every call: SFace ~1.6x faster, embeddings equal to
+    float rounding (~2e-6 relative). Edits the model in place; returns (model, nodes folded)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    init = {t.name: t for t in g.initializer}
+    folded: dict[str, np.ndarray] = {}
+    keep, n_folded = [], 0
+    for node in g.node:
+        if node.op_type == "DequantizeLinear" and all(i in init for i in node.input if i):
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            q = numpy_helper.to_array(init[node.input[0]]).astype(np.int32)
+            scale = numpy_helper.to_array(init[node.input[1]]).astype(np.float32)
+            zp = (numpy_helper.to_array(init[node.input[2]]).astype(np.int32) if len(node.input) > 2 and node.input[2]
+                  else np.zeros(scale.shape, np.int32))
+            axis, block = int(attrs.get("axis", 1)), int(attrs.get("block_size", 0))
+            if block:
+                axis %= q.ndim
+                cut = tuple(slice(0, q.shape[axis]) if d == axis else slice(None) for d in range(q.ndim))
+                scale, zp = np.repeat(scale, block, axis)[cut], np.repeat(zp, block, axis)[cut]
+            elif scale.ndim == 1 and q.ndim > 1:  # per-axis
+                shape = [1] * q.ndim
+                shape[axis % q.ndim] = -1
+                scale, zp = scale.reshape(shape), zp.reshape(shape)
+            folded[node.output[0]] = (q - zp).astype(np.float32) * scale
+            n_folded += 1
+        elif node.op_type == "Reshape" and node.input[0] in folded and node.input[1] in init:
+            folded[node.output[0]] = folded.pop(node.input[0]).reshape(numpy_helper.to_array(init[node.input[1]]))
+        else:
+            keep.append(node)
+    used = {i for n in keep for i in n.input} | {o.name for o in g.output}
+    tensors = [t for t in g.initializer if t.name in used]
+    tensors += [numpy_helper.from_array(v.astype(np.float32), k) for k, v in folded.items() if k in used]
+    del g.node[:]
+    g.node.extend(keep)
+    del g.initializer[:]
+    g.initializer.extend(tensors)
+    return model, n_folded
+
+
 def load_session(path: str, threads: int = 1) -> tuple[Any, list[str]]:
     """(onnxruntime.InferenceSession over the prepared model, dropped input names)."""
     try:
@@ -101,6 +147,7 @@ def load_session(path: str, threads: int = 1) -> tuple[Any, list[str]]:
     except ImportError:
         raise UsageError(f"the sface judge needs onnx and onnxruntime; {INSTALL_HINT}") from None
     model, dropped = prepare_model(onnx.load(path))
+    fold_weights(model)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = 1
