@@ -44,7 +44,7 @@ def judge_identity(j: Any) -> list:
             getattr(j, "fingerprint", None)]
 
 
-def _safe(s: str) -> str:
+def safe_name(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", s)
 
 
@@ -53,7 +53,7 @@ class MeasureCache:
 
     def __init__(self, archive, prefix: str, run_id: str, config: str):
         self.archive = archive
-        self.dir = posixpath.join(prefix, CACHE, "measures", _safe(run_id or "run"), config)
+        self.dir = posixpath.join(prefix, CACHE, "measures", safe_name(run_id or "run"), config)
         self.notes: list[str] = []
 
     def load(self) -> dict[str, bytes]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,7 +29,7 @@ def enrol(s: Any, judges: Sequence[Any], cache_archive: Archive | None, prefix: 
             raise UsageError(f"--gallery {s.gallery!r} not found (expected DIR/<identity>/<photos>)")
         listing = cache.gallery_listing_signature(fs, base, s.gallery_per_identity)
         for j in judges:
-            paths[j.name] = (f"{prefix}{cache.CACHE}/galleries/{re.sub(r'[^A-Za-z0-9._-]', '_', j.name)}-"
+            paths[j.name] = (f"{prefix}{cache.CACHE}/galleries/{cache.safe_name(j.name)}-"
                              f"{cache.signature(listing, cache.judge_identity(j), cache.VERSION)}.npz")
             g = cache.load_gallery(cache_archive, paths[j.name])
             if g is not None:
