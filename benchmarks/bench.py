@@ -662,12 +662,12 @@ def report_vs_cloak(o: "BenchOptions", s, src: Path, work: Path, cloak: dict[str
     c = res["in_process"]["cloak_per_face_s"]
     res["in_process"]["report_over_cloak_per_face"] = here["per_face_s"] / c if c and here["per_face_s"] else None
     if o.ray:
-        from facepriv.distributed.judging import measure_on_ray
+        from facepriv.distributed import judging
 
         log("report: the preset's cloak and the report on Ray, the same photos ...")
         ray_cloak = run_facepriv_ray(src, work / "dst-preset-ray", s, o.batch_size)
         ray_rep = time_report(work / "dst-preset-ray", src, judges, o.report_gallery, work / "report-ray",
-                              int(ray_cloak["workers"]), remote=measure_on_ray)
+                              int(ray_cloak["workers"]), remote=judging)
         rc = ray_cloak["seconds"] / ray_cloak["faces"] if ray_cloak["faces"] else None
         res["ray"] = {"cloak": ray_cloak, "cloak_per_face_s": rc, "report": ray_rep,
                       "report_over_cloak_per_face": ray_rep["per_face_s"] / rc if rc and ray_rep["per_face_s"] else None}

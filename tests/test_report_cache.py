@@ -179,6 +179,11 @@ def test_the_gallery_is_enrolled_once_and_again_when_it_changes(archive, tmp_pat
     assert CountingJudge.calls == 8  # enrolled again
 
 
+def _gallery_file(out: Path) -> str:
+    (f,) = sorted((out / cache.CACHE / "galleries").glob("*.npz"))
+    return f"{cache.CACHE}/galleries/{f.name}"
+
+
 def _dlib_ready() -> str | None:
     try:
         from facepriv.judges import get_judge
@@ -193,12 +198,14 @@ def _dlib_ready() -> str | None:
 def test_ray_workers_measure_what_the_process_measures(archive, dst, tmp_path):
     import ray
 
-    from facepriv.distributed.judging import measure_on_ray
+    from facepriv.distributed import judging
+
+    logs: dict[int, list[str]] = {0: [], 2: []}
 
     def run(workers, out):
         s = ReportSettings(judges=["dlib"], gallery=archive["src"], out=str(tmp_path / out), sample=0,
                            transforms=["jpeg85"], workers=workers, batch_size=1, progress=False)
-        return build_report([str(dst)], s, log=lambda m: None, remote=measure_on_ray)
+        return build_report([str(dst)], s, log=logs[workers].append, remote=judging)
 
     try:
         here = run(0, "here")
@@ -206,6 +213,14 @@ def test_ray_workers_measure_what_the_process_measures(archive, dst, tmp_path):
         assert ray.is_initialized()  # the workers really were Ray actors
     finally:
         ray.shutdown()
+    # the gallery was enrolled in the workers there, here in this process; the same embeddings
+    assert any("in 2 Ray workers" in m for m in logs[2]) and not any("Ray workers" in m for m in logs[0])
+    g_here = cache.load_gallery(open_archive(str(tmp_path / "here"), ReportSettings()), _gallery_file(tmp_path / "here"))
+    g_there = cache.load_gallery(open_archive(str(tmp_path / "there"), ReportSettings()),
+                                 _gallery_file(tmp_path / "there"))
+    assert g_here.identities == g_there.identities and len(g_here) == len(g_there) > 0
+    for ident in g_here.identities:
+        np.testing.assert_allclose(g_there.embeddings[ident], g_here.embeddings[ident], atol=1e-4)
     assert there["measured"] == here["measured"]
     assert _rates(there) == _rates(here)
     faces = here["runs"][0]["judges"]["dlib"]

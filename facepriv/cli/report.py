@@ -90,12 +90,12 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from facepriv.distributed.judging import measure_on_ray
+    from facepriv.distributed import judging
     from facepriv.report.build import build_report, print_runs
     from facepriv.report.headline import expect_table, headline
 
     report = build_report(args.dsts, settings_from_args(args), log=lambda m: print(m, file=sys.stderr, flush=True),
-                          remote=measure_on_ray)
+                          remote=judging)
     if args.markdown:
         print(expect_table(report))
     else:

@@ -24,8 +24,11 @@ from facepriv.judges.base import (
     central_face,
     embed_central,
     evasion,
+    enrol_photos,
     faces_from_detection,
     galleries_from_folder,
+    galleries_of,
+    gallery_photos,
     identify,
     identify_many,
     pairwise_distances,
@@ -79,8 +82,8 @@ def get_judge(spec: str, **options: Any) -> Judge:
 
 
 __all__ = [
-    "Face", "Gallery", "JUDGES", "Judge", "central_face", "embed_central", "evasion", "faces_from_detection",
-    "galleries_from_folder", "get_judge", "identify", "identify_many", "pairwise_distances", "poisoning", "recognised",
+    "Face", "Gallery", "JUDGES", "Judge", "central_face", "embed_central", "enrol_photos", "evasion",
+    "faces_from_detection", "galleries_from_folder", "galleries_of", "gallery_photos", "get_judge", "identify", "identify_many", "pairwise_distances", "poisoning", "recognised",
     "register_judge",
     "AGAINST", "self_verification", "verification",
 ]

@@ -181,24 +181,15 @@ class Gallery:
         return galleries_from_folder(root, [judge], detector, select, storage_options)[judge.name]
 
 
-def galleries_from_folder(root: str, judges: Sequence[Judge], detector: Any = None,
-                          select: Callable[[list[str]], list[str]] | None = None,
-                          storage_options: dict | None = None, batch: int = 8,
-                          progress: Callable[[int], None] | None = None) -> dict[str, Gallery]:
-    """`Gallery.from_folder` for several judges at once: each photo is decoded and detected once
-    (in batches of `batch`), and its central face embedded by every judge."""
+def gallery_photos(root: str, select: Callable[[list[str]], list[str]] | None = None,
+                   storage_options: dict | None = None) -> tuple[Any, list[tuple[str, str, str]]]:
+    """The photos of ROOT/<identity>/<photo>: (fsspec filesystem, [(identity, key, path)]) in
+    sorted order; `select` picks each identity's photos from its sorted file names."""
     import fsspec
-
-    from facepriv.io.imageio import decode
 
     fs, base = fsspec.core.url_to_fs(root, **(storage_options or {}))
     if not fs.isdir(base):
         raise FileNotFoundError(f"gallery folder {root!r} not found (expected ROOT/<identity>/<photos>)")
-    if detector is None:
-        from facepriv.pipeline.faces import FaceDetector
-
-        detector = FaceDetector()
-    out = {j.name: Gallery.for_judge(j) for j in judges}
 
     def kind(e: dict) -> str:  # a local symlink is listed as "other": follow it
         if e["type"] == "other":
@@ -220,31 +211,68 @@ def galleries_from_folder(root: str, judges: Sequence[Judge], detector: Any = No
         if select is not None:
             files = list(select(files))
         todo += [(identity, f"{identity}/{name}", posixpath.join(entry["name"], name)) for name in files]
+    return fs, todo
 
-    def skip(key: str, why: str) -> None:
-        for g in out.values():
-            g.skipped.append((key, why))
 
+EnrolResult = tuple[str, str, "dict[str, np.ndarray] | None", str]  # identity, key, {judge: (D,)} | None, why
+
+
+def enrol_photos(read: Callable[[str], bytes], photos: Sequence[tuple[str, str, str]], judges: Sequence[Judge],
+                 detector: Any) -> list[EnrolResult]:
+    """Enrol a batch of gallery photos: each decoded and detected once (one detector call for
+    the batch), its central face embedded by every judge. One result per photo, in order; a
+    photo that cannot be read or shows no face gives None and the reason."""
+    from facepriv.io.imageio import decode
+
+    out: list[EnrolResult | None] = [None] * len(photos)
+    ok, rgbs = [], []
+    for k, (identity, key, path) in enumerate(photos):
+        try:
+            rgbs.append(decode(read(path)).rgb)
+        except Exception as e:  # noqa: BLE001 - recorded, one bad photo must not stop enrolment
+            out[k] = (identity, key, None, f"cannot decode: {e}")
+            continue
+        ok.append(k)
+    for k, rgb, det in zip(ok, rgbs, detector.detect(rgbs) if rgbs else []):
+        identity, key, _ = photos[k]
+        faces = faces_from_detection(det)
+        c = central_face(faces, rgb.shape)
+        if c is None:
+            out[k] = (identity, key, None, "no face detected")
+            continue
+        out[k] = (identity, key, {j.name: np.asarray(j.embed(rgb, [faces[c]]), np.float32)[0] for j in judges}, "")
+    return out  # type: ignore[return-value]
+
+
+def galleries_of(judges: Sequence[Judge], results: Iterable[EnrolResult]) -> dict[str, Gallery]:
+    """Each judge's `Gallery` from `enrol_photos` results (in listing order)."""
+    out = {j.name: Gallery.for_judge(j) for j in judges}
+    for identity, key, embs, why in results:
+        for j in judges:
+            if embs is None:
+                out[j.name].skipped.append((key, why))
+            else:
+                out[j.name].add(identity, embs[j.name], key)
+    return out
+
+
+def galleries_from_folder(root: str, judges: Sequence[Judge], detector: Any = None,
+                          select: Callable[[list[str]], list[str]] | None = None,
+                          storage_options: dict | None = None, batch: int = 8,
+                          progress: Callable[[int], None] | None = None) -> dict[str, Gallery]:
+    """`Gallery.from_folder` for several judges at once, in this process: each photo is decoded
+    and detected once (in batches of `batch`), and its central face embedded by every judge."""
+    fs, todo = gallery_photos(root, select, storage_options)
+    if detector is None:
+        from facepriv.pipeline.faces import FaceDetector
+
+        detector = FaceDetector()
+    results: list[EnrolResult] = []
     for i in range(0, len(todo), max(1, batch)):
-        chunk, rgbs = [], []
-        for identity, key, path in todo[i: i + batch]:
-            try:
-                rgbs.append(decode(fs.cat_file(path)).rgb)
-            except Exception as e:  # noqa: BLE001 - recorded, one bad photo must not stop enrolment
-                skip(key, f"cannot decode: {e}")
-                continue
-            chunk.append((identity, key))
-        for (identity, key), rgb, det in zip(chunk, rgbs, detector.detect(rgbs) if rgbs else []):
-            faces = faces_from_detection(det)
-            c = central_face(faces, rgb.shape)
-            if c is None:
-                skip(key, "no face detected")
-                continue
-            for j in judges:
-                out[j.name].add(identity, np.asarray(j.embed(rgb, [faces[c]]))[0], key)
+        results += enrol_photos(fs.cat_file, todo[i: i + batch], judges, detector)
         if progress is not None:
             progress(len(todo[i: i + batch]))
-    return out
+    return galleries_of(judges, results)
 
 
 def embed_central(judge: Judge, detector: Any, rgb: np.ndarray) -> np.ndarray | None:

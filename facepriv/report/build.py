@@ -116,13 +116,14 @@ def judge_settings(judges: Sequence[Any], against: Callable[[Any], str]) -> dict
 
 
 def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], None] = print,
-                 evaluator: Any = None, remote: Callable | None = None) -> dict[str, Any]:
+                 evaluator: Any = None, remote: Any = None) -> dict[str, Any]:
     """Build and write the report; returns report.json's content.
 
     `evaluator` (an `evaluate.Evaluator`) may be passed to reuse enrolled galleries and cached
     clean embeddings across several reports; its judges and transforms are then used as they are.
-    `remote`: the Ray layer that measures in workers (`facepriv.distributed.judging.measure_on_ray`,
-    given by the CLI and the jobs); without it every face is measured in this process.
+    `remote`: the Ray layer that enrols the gallery and measures in workers (the module
+    `facepriv.distributed.judging`, given by the CLI and the jobs); without it everything is
+    measured in this process.
     """
     if s.mode not in ("evasion", "poisoning"):
         raise UsageError(f"--mode must be evasion or poisoning, got {s.mode!r}")
@@ -153,7 +154,7 @@ def build_report(dsts: Sequence[str], s: ReportSettings, log: Callable[[str], No
     if judges and evaluator is None and s.gallery:
         from facepriv.report.gallery import enrol
 
-        galleries = enrol(s, judges, out if s.cache else None, prefix, log, notes)
+        galleries = enrol(s, judges, out if s.cache else None, prefix, log, notes, specs, remote)
     from facepriv.report.evaluate import Evaluator
 
     ev = evaluator or Evaluator(judges, galleries, s.mode, s.transforms if s.robustness else [], s.labels, s.device,

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +37,8 @@ from facepriv.judges import AGAINST, Gallery, Judge, evasion, identify, poisonin
 from facepriv.report.aggregate import faces_of
 from facepriv.report.probes import Surrogate, detector_for, face_dict, probes_of
 from facepriv.report import cache
-from facepriv.report.measure import Measure, Measurer, Task, WorkerSpec
+from facepriv.report.measure import Measure, Measurer, Task, WorkerSpec, ray_workers
 from facepriv.report import leave_one_out as loo
-
-AUTO_RAY_FACES = 48  # workers=None: fewer faces to measure than this are measured in this process
 
 
 @dataclass
@@ -66,7 +63,7 @@ class Evaluator:
                  device: str = "cpu", progress: bool = True, verify_against: str | None = None,
                  specs: Sequence[str] | None = None, workers: int | None = 0, batch_size: int = 8,
                  cache_at: tuple[Archive, str] | None = None, address: str | None = None,
-                 s3_endpoint: str | None = None, retries: int = 5, remote: Callable | None = None):
+                 s3_endpoint: str | None = None, retries: int = 5, remote: Any = None):
         if mode not in ("evasion", "poisoning"):
             raise ValueError(f"mode must be evasion or poisoning, got {mode!r}")
         if verify_against is not None and verify_against not in AGAINST:
@@ -79,8 +76,8 @@ class Evaluator:
         self.batch_size = max(1, int(batch_size))
         self.cache_at = cache_at
         self.address, self.s3_endpoint, self.retries = address, s3_endpoint, retries
-        # remote(WorkerSpec, tasks, workers, batch_size, address, on_done) -> measures: the shell's
-        # Ray layer (facepriv.distributed.judging.measure_on_ray); None: always in this process
+        # the shell's Ray layer (the module facepriv.distributed.judging: measure_on_ray(WorkerSpec,
+        # tasks, workers, batch_size, address, on_done) -> measures); None: always in this process
         self.remote = remote
         self.last_counts: dict[str, int] = {}
         self.judges = list(judges)
@@ -260,14 +257,13 @@ class Evaluator:
                        + (f" ({len(tasks) - len(todo)} cached)" if len(todo) < len(tasks) else ""),
                        unit="face", disable=not self.progress, file=sys.stderr)
             sub = [tasks[k] for k in todo]
-            workers = self.workers
-            if workers is None:  # auto: Ray workers, one per CPU, when there is enough to measure
-                workers = (os.cpu_count() or 1) if len(sub) >= AUTO_RAY_FACES else 0
+            workers = ray_workers(self.workers, len(sub))
             if workers > 1 and self.specs is not None and self.remote is not None and len(sub) > self.batch_size:
                 spec = WorkerSpec(src_url or None, dst.url, list(self.specs), list(self.transforms),
                                   dataclasses.asdict(detector.settings), getattr(sur, "path", None), target,
                                   self.device, self.s3_endpoint, self.retries)
-                fresh = self.remote(spec, sub, workers, self.batch_size, self.address, on_done=bar.update)
+                fresh = self.remote.measure_on_ray(spec, sub, workers, self.batch_size, self.address,
+                                                   on_done=bar.update)
             else:
                 m = Measurer(src, dst, judges, detector, self.transforms, sur, target)
                 fresh = []

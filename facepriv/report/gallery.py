@@ -10,13 +10,16 @@ from facepriv.io.archive import Archive, storage_options
 
 
 def enrol(s: Any, judges: Sequence[Any], cache_archive: Archive | None, prefix: str,
-          log: Callable[[str], None], notes: list[str]) -> dict[str, Any]:
+          log: Callable[[str], None], notes: list[str], specs: Sequence[str] | None = None,
+          remote: Any = None) -> dict[str, Any]:
     """The clean --gallery enrolled by every judge: from the report cache when the folder
     (names, sizes, modification times), the selection and the judge are unchanged; else each
-    photo detected once and embedded by every judge still to enrol, then cached."""
+    photo detected once and embedded by every judge still to enrol, then cached. The photos are
+    enrolled in Ray workers (`remote.enrol_on_ray`, judges built there from `specs`, the specs
+    `judges` came from, in order) when `s.workers` asks for them (None: auto, from 48 photos),
+    else in this process."""
     import fsspec
 
-    from facepriv.judges import galleries_from_folder
     from facepriv.report import cache
 
     so = storage_options(s.gallery, s.s3_endpoint, s.retries)
@@ -37,8 +40,7 @@ def enrol(s: Any, judges: Sequence[Any], cache_archive: Archive | None, prefix: 
                 log(f"gallery {s.gallery} for judge {j.name}: from the report cache ({len(g)} photos)")
     todo = [j for j in judges if j.name not in got]
     if todo:
-        log(f"enrolling {s.gallery} with judge(s) {', '.join(j.name for j in todo)} ...")
-        got.update(galleries_from_folder(s.gallery, todo, select=sel, storage_options=so))
+        got.update(_enrol(s, judges, todo, specs, remote, sel, so, log))
         for j in todo:
             if cache_archive is not None:
                 try:
@@ -51,3 +53,40 @@ def enrol(s: Any, judges: Sequence[Any], cache_archive: Archive | None, prefix: 
         if g.skipped:
             notes.append(f"gallery ({j.name}): {len(g.skipped)} photo(s) not enrolled, e.g. {g.skipped[0]}")
     return {j.name: got[j.name] for j in judges}
+
+
+def _enrol(s: Any, judges: Sequence[Any], todo: Sequence[Any], specs: Sequence[str] | None, remote: Any, sel,
+           so: dict, log: Callable[[str], None]) -> dict[str, Any]:
+    import sys
+
+    from tqdm import tqdm
+
+    from facepriv.judges import enrol_photos, galleries_of, gallery_photos
+    from facepriv.pipeline.faces import FaceDetector
+    from facepriv.report.measure import EnrolSpec, ray_workers
+
+    try:
+        fs, photos = gallery_photos(s.gallery, sel, so)
+    except FileNotFoundError as e:
+        raise UsageError(f"--gallery: {e}") from None
+    workers = ray_workers(getattr(s, "workers", 0), len(photos))
+    batch = max(1, int(getattr(s, "batch_size", 8) or 8))
+    on_ray = workers > 1 and remote is not None and specs is not None and len(photos) > batch
+    log(f"enrolling {len(photos)} photos of {s.gallery} with judge(s) {', '.join(j.name for j in todo)}"
+        + (f" in {workers} Ray workers" if on_ray else "") + " ...")
+    bar = tqdm(total=len(photos), desc=f"enrolling {len(photos)} gallery photos", unit="photo",
+               disable=not getattr(s, "progress", True), file=sys.stderr)
+    if on_ray:
+        by_name = {j.name: sp for j, sp in zip(judges, specs)}
+        spec = EnrolSpec(s.gallery, [by_name[j.name] for j in todo], getattr(s, "device", None) or "cpu",
+                         s.s3_endpoint, s.retries)
+        results = remote.enrol_on_ray(spec, photos, [j.name for j in todo], workers, batch,
+                                      getattr(s, "address", None), on_done=bar.update)
+    else:
+        detector = FaceDetector()
+        results = []
+        for i in range(0, len(photos), batch):
+            results += enrol_photos(fs.cat_file, photos[i: i + batch], todo, detector)
+            bar.update(len(photos[i: i + batch]))
+    bar.close()
+    return galleries_of(todo, results)

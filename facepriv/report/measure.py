@@ -209,6 +209,19 @@ def _embed(judge: Any, rgb: np.ndarray, face: dict[str, Any]) -> np.ndarray | No
     return e[0] if len(e) else None
 
 
+AUTO_RAY_FACES = 48  # workers=None: fewer faces (or gallery photos) than this are handled in this process
+
+
+def ray_workers(requested: int | None, n: int) -> int:
+    """How many Ray workers measure (or enrol) `n` items: `requested`, or with None (auto) one per
+    CPU when there are at least `AUTO_RAY_FACES` items, else 0 (in this process)."""
+    import os
+
+    if requested is None:
+        return (os.cpu_count() or 1) if n >= AUTO_RAY_FACES else 0
+    return int(requested)
+
+
 @dataclass
 class WorkerSpec:
     """Everything a worker needs to build its `Measurer`; plain data."""
@@ -226,6 +239,48 @@ class WorkerSpec:
     torch_threads: int | None = None
 
 
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
+@dataclass
+class EnrolSpec:
+    """Everything a worker needs to enrol gallery photos (`Enroller`); plain data."""
+
+    gallery: str  # the --gallery root URL the photos' paths are under
+    judge_specs: list[str]
+    device: str = "cpu"
+    s3_endpoint: str | None = None
+    retries: int = 5
+    torch_threads: int | None = None
+
+
+class Enroller:
+    """Loaded once (per worker): MTCNN and the judges, built from their specs;
+    `enrol(photos)` -> `facepriv.judges.enrol_photos` results, in order."""
+
+    def __init__(self, spec: EnrolSpec):
+        import fsspec
+
+        from facepriv.io.archive import storage_options
+        from facepriv.judges import get_judge
+        from facepriv.pipeline.faces import FaceDetector
+
+        _threads(spec.torch_threads)
+        self.fs, _ = fsspec.core.url_to_fs(spec.gallery, **storage_options(spec.gallery, spec.s3_endpoint,
+                                                                              spec.retries))
+        self.judges = [get_judge(s) for s in spec.judge_specs]
+        self.detector = FaceDetector(device=spec.device)
+
+    def enrol(self, photos: Sequence[tuple[str, str, str]]) -> list:
+        from facepriv.judges import enrol_photos
+
+        return enrol_photos(self.fs.cat_file, photos, self.judges, self.detector)
+
+
 def build_measurer(spec: WorkerSpec):
     from facepriv.io.archive import Archive, storage_options
     from facepriv.judges import get_judge
@@ -233,10 +288,7 @@ def build_measurer(spec: WorkerSpec):
     from facepriv.report.measure import Measurer
     from facepriv.report.probes import Surrogate
 
-    if spec.torch_threads:
-        import torch
-
-        torch.set_num_threads(int(spec.torch_threads))
+    _threads(spec.torch_threads)
 
     def arch(url):
         return Archive(url, storage_options(url, spec.s3_endpoint, spec.retries), spec.retries)
