@@ -43,7 +43,7 @@ def _face(h=123, w=150) -> np.ndarray:
     return np.ascontiguousarray(rgb[60 : 60 + h, 50 : 50 + w])
 
 
-@pytest.mark.parametrize("shape", [(130, 150), (123, 97), (40, 33)])
+@pytest.mark.parametrize("shape", [(130, 150), (123, 97), (40, 33), (185, 199)])
 def test_matches_the_reference(shape):
     o = _face(*shape)
     rng = np.random.default_rng(0)
@@ -52,6 +52,40 @@ def test_matches_the_reference(shape):
     for d in (noisy, bright):
         assert abs(float(ssimulacra2(_t(o), _t(d))) - _reference(o, d)) < 1e-3
     assert float(ssimulacra2(_t(o), _t(o))) == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (9, 30), (57, 41), (130, 150)])
+def test_the_matrix_blur_is_the_convolution(shape):
+    """Small images blur as two matrix products with the borders folded in (mirrored rows,
+    zero-padded columns): the reference's convolution, to float64 rounding."""
+    from facepriv.core import perceptual
+
+    x = torch.rand(2, 9, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    k = perceptual._kernel()
+    blur = perceptual._Blur(*shape, k, torch.float64, x.device)
+    assert blur.mats is not None
+    torch.testing.assert_close(blur(x), perceptual._blur(x, k), rtol=0, atol=1e-13)
+    big = perceptual._Blur(perceptual.MATMUL_MAX + 1, 20, k, torch.float64, x.device)
+    assert big.mats is None  # a large image keeps the convolution (a dense matrix would cost more)
+
+
+def test_float32_scores_and_steers_as_float64():
+    """The attack's quality term runs in float32: the same score to a hundredth of a point and
+    the same gradient direction as float64, from both blur paths."""
+    from facepriv.core.perceptual import Reference
+
+    for shape in [(123, 97), (185, 199)]:
+        o = _t(_face(*shape)).double()
+        d = (o + 1.5 / 255 * torch.randn(o.shape, generator=torch.Generator().manual_seed(2), dtype=o.dtype)).clamp(0, 1)
+        grads, scores = [], []
+        for prec in (torch.float64, torch.float32):
+            v = d.clone().requires_grad_(True)
+            s = Reference(o, prec).score(v)
+            (g,) = torch.autograd.grad(s.sum(), v)
+            grads.append(g.flatten())
+            scores.append(float(s))
+        assert abs(scores[0] - scores[1]) < 0.01 and 0 < scores[0] < 100
+        assert float(torch.nn.functional.cosine_similarity(grads[0], grads[1], 0)) > 0.9999
 
 
 def test_more_noise_scores_lower_and_gradient_flows():
@@ -117,7 +151,7 @@ def test_quality_term_runs_no_backward_for_faces_above_the_target():
     assert scores[0] < target < scores[1:].min()
     dense = 20.0 * (target - scores).clamp_min(0).sum() / 100.0
     (want,) = torch.autograd.grad(dense, xin)
-    q = QualityTerm(boxes, target=target, weight=20.0)
+    q = QualityTerm(boxes, target=target, weight=20.0, precision=torch.float64)
     (got,) = torch.autograd.grad(q.penalty(x, xin), xin)
     assert torch.equal(got, want) and got[0].abs().sum() > 0 and (got[1:] == 0).all()
     assert torch.equal(q.last, scores.detach())

@@ -151,11 +151,16 @@ class QualityTerm:
     """A perceptual term in the attack's loss: for each face, weight * max(0, target - S) / 100,
     S the differentiable SSIMULACRA2 (`facepriv.core.perceptual`) of its quality box
     (`boxes[i]` = (x0, y0, x1, y1) in region pixels) in what the file will hold against the
-    original. Below the target the attack trades embedding shift for quality on the face."""
+    original. Below the target the attack trades embedding shift for quality on the face.
 
-    def __init__(self, boxes, target: float, weight: float = 1.0):
+    `precision`: float32 by default - the term only steers the attack (the floors are checked
+    on the written file in float64 afterwards) and it is ~1.5x cheaper than float64 on a CPU,
+    its scores within ~0.01 of a point."""
+
+    def __init__(self, boxes, target: float, weight: float = 1.0, precision: torch.dtype = torch.float32):
         self.boxes = [tuple(int(v) for v in b) for b in boxes]
         self.target, self.weight = float(target), float(weight)
+        self.precision = precision
         self.last: torch.Tensor | None = None
         self._refs: tuple[torch.Tensor, list] | None = None  # (x, each face's perceptual.Reference)
 
@@ -165,7 +170,7 @@ class QualityTerm:
         from facepriv.core.perceptual import Reference
 
         if self._refs is None or self._refs[0] is not x:  # the original's side, once per attack
-            self._refs = (x, [Reference(x[i : i + 1, :, y0:y1, x0:x1].detach())
+            self._refs = (x, [Reference(x[i : i + 1, :, y0:y1, x0:x1].detach(), self.precision)
                               for i, (x0, y0, x1, y1) in enumerate(self.boxes)])
         scores = [ref.score(xin[i : i + 1, :, y0:y1, x0:x1])
                   for i, (ref, (x0, y0, x1, y1)) in enumerate(zip(self._refs[1], self.boxes))]
