@@ -176,6 +176,7 @@ class AlignedShard:
         return g.numpy(), loss, n
 
     @torch.no_grad()
+    @torch.no_grad()  # figures only: no graph (faceres at 224 px kept ~10 GB of activations per worker)
     def evaluate(self, v: np.ndarray, batch: int = 64) -> dict[str, float]:
         """Sums over the shard at v (no jitter): cos to the clean embedding (mean over the
         surrogates), faces the held-out surrogate identifies clean / identifies clean but not
