@@ -386,6 +386,45 @@ def test_gradients_reach_the_input(tmp_path):
     assert all(not p.requires_grad for p in net.parameters())
 
 
+def test_a_value_is_freed_after_its_last_reader(tmp_path):
+    """An inference pass holds a few activations at a time: each node's value leaves the
+    environment once no later node reads it (with fan-out: `mul` is read four times), and the
+    outputs are the same as when every value is kept."""
+    g = Graph(4, 5, 3)
+    c = g.const("c", RNG.normal(size=(3,)).astype(np.float32))
+    g.op("add", "Add", ["input", c])
+    g.op("mul", "Mul", ["add", c])
+    g.op("abs", "Abs", ["mul"])
+    g.op("relu", "Relu", ["mul"])
+    g.op("sq", "Square", ["mul"])
+    g.op("m1", "Maximum", ["relu", "abs"])
+    g.op("out", "Add", ["m1", "sq"])
+    g.op("late", "Sub", ["out", "mul"])  # mul's last reader
+    jp, _ = g.write(tmp_path)
+    net = import_tfjs(jp, output="late", mean=0.0, std=1.0, input_size=4)
+    x = torch.rand(2, 3, 4, 5)
+    sizes: list[int] = []
+    real = net._run
+
+    def spy(op, inputs, attr, env, nchw, ref):
+        sizes.append(len(env))
+        return real(op, inputs, attr, env, nchw, ref)
+
+    net._run = spy
+    with torch.no_grad():
+        freed = net(x)
+    net._dead = [[] for _ in net._nodes]  # keep everything, as before
+    with torch.no_grad():
+        kept = net(x)
+    assert torch.equal(freed, kept)
+    n = len(sizes) // 2
+    assert max(sizes[:n]) < max(sizes[n:]) and max(sizes[n:]) >= 7
+    net._dead = None
+    names = [n for n, _, _, _ in net._nodes]
+    after = {d: names[k] for k, ds in enumerate(net._dead_after()) for d in ds}
+    assert after["mul"] == "late" and after["add"] == "mul" and "late" not in after
+
+
 # ---------------------------------------------------------------------------------------
 # the real models (needs ../shared)
 # ---------------------------------------------------------------------------------------

@@ -95,16 +95,33 @@ class TfjsGraph(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         env: dict[str, torch.Tensor] = {self.input_name: x}
         nchw: set[str] = {self.input_name}
-        for name, op, inputs, attr in self._nodes:
+        for k, (name, op, inputs, attr) in enumerate(self._nodes):
             if op == "Placeholder":
                 continue
             env[name], is_nchw = self._run(op, inputs, attr, env, nchw, x)
             if is_nchw:
                 nchw.add(name)
+            for dead in self._dead_after()[k]:  # no later node reads it: let it go (autograd keeps what it needs)
+                env.pop(dead, None)
         out = env[self.output_name] if self.output_name in env else self._const(self.output_name, x)
         if self.output_name in nchw:
             out = _to_nhwc(out)
         return out.reshape(out.shape[0], -1)
+
+    def _dead_after(self) -> list[list[str]]:
+        """Per node: the values no later node reads (freed after it, so that an inference pass
+        holds a few activations at a time, not all of them; the output is kept)."""
+        if getattr(self, "_dead", None) is None:
+            last: dict[str, int] = {}
+            for k, (_, _, inputs, _) in enumerate(self._nodes):
+                for n in inputs:
+                    last[n] = k
+            dead: list[list[str]] = [[] for _ in self._nodes]
+            for k, (name, _, _, _) in enumerate(self._nodes):
+                if name != self.output_name:
+                    dead[last.get(name, k)].append(name)
+            self._dead = dead
+        return self._dead
 
     def _get(self, name: str, env: dict, ref: torch.Tensor) -> torch.Tensor:
         if name in env:
