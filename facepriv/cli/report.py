@@ -49,9 +49,10 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
                    help=f"which transforms (default: {' '.join(robustness.TRANSFORMS)}; also jpegQ / downF)")
     w = p.add_argument_group("scale")
     w.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="Ray workers that re-read, re-detect and embed the written files (each loads MTCNN and every "
-                        "judge once); 0 = in this process, no Ray (default: one per CPU when there are at least "
-                        "48 faces to measure, else in this process)")
+                   help="Ray workers that enrol the --gallery and re-read, re-detect and embed the written files "
+                        "(each loads MTCNN and every judge once); 0 = in this process, no Ray (default: one per "
+                        "CPU when there are at least 48 faces to measure or gallery photos to enrol, else in this "
+                        "process)")
     w.add_argument("--batch-size", type=int, default=8, metavar="N",
                    help="photos per worker call (detection is batched over them; default 8)")
     w.add_argument("--address", default=None,
