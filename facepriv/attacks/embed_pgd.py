@@ -154,7 +154,7 @@ class QualityTerm:
     original. Below the target the attack trades embedding shift for quality on the face.
 
     `precision`: float32 by default - the term only steers the attack (the floors are checked
-    on the written file in float64 afterwards) and it is ~1.5x cheaper than float64 on a CPU,
+    on the written file in float64 afterwards) and it is ~1.3-1.6x cheaper than float64 on a CPU,
     its scores within ~0.01 of a point."""
 
     def __init__(self, boxes, target: float, weight: float = 1.0, precision: torch.dtype = torch.float32):

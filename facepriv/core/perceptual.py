@@ -148,7 +148,7 @@ class Reference:
     scores every step against the same original; the budget search every candidate scale).
 
     `precision`: the dtype inside (float64, the default, agrees with the reference to float
-    precision; float32 is about twice as fast on a CPU and agrees to ~0.01 of a point, enough
+    precision; float32 is ~1.3-1.6x faster on a CPU and agrees to ~0.01 of a point, enough
     for steering an attack's loss - the floors themselves are always checked in float64 / the
     reference on the written file)."""
 

@@ -41,15 +41,15 @@ class EnrolWorker:
         photos = [tuple(json.loads(str(p))) for p in batch["photo"]]
         res = self.enroller.enrol(photos)
         return {"i": np.asarray(batch["i"]), "why": np.array([r[3] for r in res], dtype=object),
-                "emb": np.array([_emb_bytes(r[2], [j.name for j in self.enroller.judges]) for r in res], dtype=object)}
+                "emb": np.array([_emb_bytes(r[2]) for r in res], dtype=object)}
 
 
-def _emb_bytes(embs: dict[str, np.ndarray] | None, names: list[str]) -> bytes:
-    """One photo's embeddings, one row per judge in spec order ((J, D_j) ragged: npz), b"" for none."""
+def _emb_bytes(embs: dict[str, np.ndarray] | None) -> bytes:
+    """One photo's embeddings, one array per judge in spec order (npz arr_0, arr_1, ...), b"" for none."""
     if embs is None:
         return b""
     buf = io.BytesIO()
-    np.savez(buf, **{f"j{k}": np.asarray(embs[n], np.float32) for k, n in enumerate(names)})
+    np.savez(buf, *(np.asarray(e, np.float32) for e in embs.values()))
     return buf.getvalue()
 
 
@@ -59,7 +59,7 @@ def _pool(ray, items: list[dict], cls, spec, workers: int, batch_size: int):
                           compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, batch_format="numpy")
 
 
-def _threads(ray, spec, workers: int):
+def _with_threads(ray, spec, workers: int):
     cpus = int(ray.cluster_resources().get("CPU", 1))
     return dataclasses.replace(spec, torch_threads=spec.torch_threads or max(1, cpus // max(1, workers)))
 
@@ -73,7 +73,7 @@ def enrol_on_ray(spec: EnrolSpec, photos: Sequence[tuple[str, str, str]], names:
     from facepriv.distributed.runner import init_ray
 
     ray = init_ray(address)
-    spec = _threads(ray, spec, workers)
+    spec = _with_threads(ray, spec, workers)
     items = [{"i": i, "photo": json.dumps(list(p))} for i, p in enumerate(photos)]
     got: list[tuple | None] = [None] * len(photos)
     with filtered_stderr():
@@ -84,7 +84,7 @@ def enrol_on_ray(spec: EnrolSpec, photos: Sequence[tuple[str, str, str]], names:
                 embs = None
                 if len(payload):
                     with np.load(io.BytesIO(bytes(payload)), allow_pickle=False) as z:
-                        embs = {n: z[f"j{k}"] for k, n in enumerate(names)}
+                        embs = {n: z[f"arr_{k}"] for k, n in enumerate(names)}
                 got[int(i)] = (identity, key, embs, str(why))
             if on_done is not None:
                 on_done(len(b["i"]))
@@ -104,7 +104,7 @@ def measure_on_ray(spec: WorkerSpec, tasks: Sequence[Task], workers: int, batch_
     from facepriv.distributed.runner import init_ray
 
     ray = init_ray(address)
-    spec = _threads(ray, spec, workers)
+    spec = _with_threads(ray, spec, workers)
     items = [{"i": i, "task": task_json(t)} for i, t in enumerate(tasks)]
     out = _pool(ray, items, MeasureWorker, spec, workers, batch_size)
     got: list[Measure | None] = [None] * len(tasks)

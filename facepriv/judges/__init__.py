@@ -24,6 +24,7 @@ from facepriv.judges.base import (
     central_face,
     embed_central,
     evasion,
+    enrol_batches,
     enrol_photos,
     faces_from_detection,
     galleries_from_folder,
@@ -82,7 +83,7 @@ def get_judge(spec: str, **options: Any) -> Judge:
 
 
 __all__ = [
-    "Face", "Gallery", "JUDGES", "Judge", "central_face", "embed_central", "enrol_photos", "evasion",
+    "Face", "Gallery", "JUDGES", "Judge", "central_face", "embed_central", "enrol_batches", "enrol_photos", "evasion",
     "faces_from_detection", "galleries_from_folder", "galleries_of", "gallery_photos", "get_judge", "identify", "identify_many", "pairwise_distances", "poisoning", "recognised",
     "register_judge",
     "AGAINST", "self_verification", "verification",

@@ -263,16 +263,24 @@ def galleries_from_folder(root: str, judges: Sequence[Judge], detector: Any = No
     """`Gallery.from_folder` for several judges at once, in this process: each photo is decoded
     and detected once (in batches of `batch`), and its central face embedded by every judge."""
     fs, todo = gallery_photos(root, select, storage_options)
+    return galleries_of(judges, enrol_batches(fs.cat_file, todo, judges, detector, batch, progress))
+
+
+def enrol_batches(read: Callable[[str], bytes], photos: Sequence[tuple[str, str, str]], judges: Sequence[Judge],
+                  detector: Any = None, batch: int = 8,
+                  progress: Callable[[int], None] | None = None) -> list[EnrolResult]:
+    """`enrol_photos` over all `photos`, `batch` at a time, in this process (`detector` default:
+    `facepriv.pipeline.faces.FaceDetector()`); `progress(n)` after each batch."""
     if detector is None:
         from facepriv.pipeline.faces import FaceDetector
 
         detector = FaceDetector()
     results: list[EnrolResult] = []
-    for i in range(0, len(todo), max(1, batch)):
-        results += enrol_photos(fs.cat_file, todo[i: i + batch], judges, detector)
+    for i in range(0, len(photos), max(1, batch)):
+        results += enrol_photos(read, photos[i: i + batch], judges, detector)
         if progress is not None:
-            progress(len(todo[i: i + batch]))
-    return galleries_of(judges, results)
+            progress(len(photos[i: i + batch]))
+    return results
 
 
 def embed_central(judge: Judge, detector: Any, rgb: np.ndarray) -> np.ndarray | None:

@@ -61,8 +61,7 @@ def _enrol(s: Any, judges: Sequence[Any], todo: Sequence[Any], specs: Sequence[s
 
     from tqdm import tqdm
 
-    from facepriv.judges import enrol_photos, galleries_of, gallery_photos
-    from facepriv.pipeline.faces import FaceDetector
+    from facepriv.judges import enrol_batches, galleries_of, gallery_photos
     from facepriv.report.measure import EnrolSpec, ray_workers
 
     try:
@@ -83,10 +82,6 @@ def _enrol(s: Any, judges: Sequence[Any], todo: Sequence[Any], specs: Sequence[s
         results = remote.enrol_on_ray(spec, photos, [j.name for j in todo], workers, batch,
                                       getattr(s, "address", None), on_done=bar.update)
     else:
-        detector = FaceDetector()
-        results = []
-        for i in range(0, len(photos), batch):
-            results += enrol_photos(fs.cat_file, photos[i: i + batch], todo, detector)
-            bar.update(len(photos[i: i + batch]))
+        results = enrol_batches(fs.cat_file, photos, todo, batch=batch, progress=bar.update)
     bar.close()
     return galleries_of(todo, results)

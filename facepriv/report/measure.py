@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -215,8 +216,6 @@ AUTO_RAY_FACES = 48  # workers=None: fewer faces (or gallery photos) than this a
 def ray_workers(requested: int | None, n: int) -> int:
     """How many Ray workers measure (or enrol) `n` items: `requested`, or with None (auto) one per
     CPU when there are at least `AUTO_RAY_FACES` items, else 0 (in this process)."""
-    import os
-
     if requested is None:
         return (os.cpu_count() or 1) if n >= AUTO_RAY_FACES else 0
     return int(requested)
