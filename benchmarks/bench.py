@@ -421,9 +421,9 @@ class StageClock:
       (`_Mark`s around the warp);
     * surrogate: the embedders' forward (the clean embeddings included) and backward (from the
       gradient reaching the embedding to it reaching the surrogate's input);
-    * quality: `QualityTerm.penalty` (SSIMULACRA 2 of each face) forward, plus what is left of
-      each `embed_pgd._gradient` call after align and surrogate: the loss, the quality term's
-      backward and the written-file model's straight-through step;
+    * quality: `embed_pgd._quality_gradient` (SSIMULACRA 2 of each face, forward and backward),
+      plus what is left of each `embed_pgd._gradient` call after align and surrogate (the loss
+      and the written-file model's straight-through step);
     * write_sim: `WrittenModel._written`, the uint8 + JPEG round trip of every step;
     * budget: `EmbedPGDStrategy._fit_budget`, the quality-budget search;
     * encode: `imageio.encode` outside the budget search (the written file: in the verify step,
@@ -521,7 +521,7 @@ class StageClock:
 
         self._patch(AlignModel, "forward", lambda orig: forward)
         self._patch(embed_pgd, "_gradient", gradient)
-        self._patch(embed_pgd.QualityTerm, "penalty", self._timed("quality_fwd"))
+        self._patch(embed_pgd, "_quality_gradient", self._timed("quality_fwd"))
         self._patch(WrittenModel, "_written", self._timed("write_sim"))
         self._patch(EmbedPGDStrategy, "_fit_budget", self._timed("budget", where="budget"))
         self._patch(imageio, "encode", encode)
@@ -625,15 +625,24 @@ def run_preset(o: "BenchOptions", photos: list[tuple[Path, str]], work: Path, lo
 
 
 def time_report(dst: Path, src: Path, judges: list[str], gallery: str | None, out: Path, workers: int,
-                remote=None) -> dict[str, Any]:
-    """`facepriv report` (build_report) of one cloaked DST with the preset's judges, cache off:
-    seconds (judge loading and gallery enrolment included) and the faces it measured."""
+                remote=None, enrolled: bool = False) -> dict[str, Any]:
+    """`facepriv report` (build_report) of one cloaked DST with the preset's judges, nothing
+    cached: seconds (judge loading and gallery enrolment included) and the faces it measured.
+    `enrolled`: the gallery enrolled before, by a first report into the same `out` (the report
+    cache then holds the galleries and no measure: the cost of judging an archive against a
+    gallery already enrolled)."""
     from facepriv.report import aggregate as agg
     from facepriv.report.build import ReportSettings, build_report
+    from facepriv.report.cache import CACHE
 
     shutil.rmtree(out, ignore_errors=True)
     s = ReportSettings(judges=judges, gallery=gallery, src=str(src), out=str(out), sample=0, progress=False,
-                       workers=workers, cache=False, verify_against=None if gallery else "original")
+                       workers=workers, cache=enrolled, verify_against=None if gallery else "original")
+    if enrolled:
+        build_report([str(dst)], s, log=lambda m: None, remote=remote)
+        for d in (out / CACHE).iterdir():
+            if d.name != "galleries":
+                shutil.rmtree(d)
     t0 = time.perf_counter()
     rep = build_report([str(dst)], s, log=lambda m: None, remote=remote)
     seconds = time.perf_counter() - t0
@@ -661,16 +670,29 @@ def report_vs_cloak(o: "BenchOptions", s, src: Path, work: Path, cloak: dict[str
         "cloak_per_face_s": cloak["seconds"] / cloak["faces"] if cloak["faces"] else None, "report": here}}
     c = res["in_process"]["cloak_per_face_s"]
     res["in_process"]["report_over_cloak_per_face"] = here["per_face_s"] / c if c and here["per_face_s"] else None
+    if o.report_gallery:
+        warm = time_report(work / "dst-preset", src, judges, o.report_gallery, work / "report-here-enrolled", 0,
+                           enrolled=True)
+        res["in_process"]["report_gallery_enrolled"] = warm
+        res["in_process"]["report_gallery_enrolled_over_cloak_per_face"] = \
+            warm["per_face_s"] / c if c and warm["per_face_s"] else None
     if o.ray:
         from facepriv.distributed import judging
 
         log("report: the preset's cloak and the report on Ray, the same photos ...")
         ray_cloak = run_facepriv_ray(src, work / "dst-preset-ray", s, o.batch_size)
-        ray_rep = time_report(work / "dst-preset-ray", src, judges, o.report_gallery, work / "report-ray",
-                              int(ray_cloak["workers"]), remote=judging)
+        workers = int(ray_cloak["workers"])
+        ray_rep = time_report(work / "dst-preset-ray", src, judges, o.report_gallery, work / "report-ray", workers,
+                              remote=judging)
         rc = ray_cloak["seconds"] / ray_cloak["faces"] if ray_cloak["faces"] else None
         res["ray"] = {"cloak": ray_cloak, "cloak_per_face_s": rc, "report": ray_rep,
                       "report_over_cloak_per_face": ray_rep["per_face_s"] / rc if rc and ray_rep["per_face_s"] else None}
+        if o.report_gallery:
+            warm = time_report(work / "dst-preset-ray", src, judges, o.report_gallery, work / "report-ray-enrolled",
+                               workers, remote=judging, enrolled=True)
+            res["ray"]["report_gallery_enrolled"] = warm
+            res["ray"]["report_gallery_enrolled_over_cloak_per_face"] = \
+                warm["per_face_s"] / rc if rc and warm["per_face_s"] else None
     return res
 
 
@@ -736,6 +758,9 @@ def run_bench(o: BenchOptions, log=print) -> dict[str, Any]:
             for where in ("in_process", "ray"):
                 if rep.get(where):
                     res[f"report_over_cloak_per_face_{where}"] = rep[where]["report_over_cloak_per_face"]
+                    if "report_gallery_enrolled_over_cloak_per_face" in rep[where]:
+                        res[f"report_over_cloak_per_face_{where}_gallery_enrolled"] = \
+                            rep[where]["report_gallery_enrolled_over_cloak_per_face"]
     finally:
         if not o.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -938,6 +963,11 @@ def format_preset(d: dict[str, Any]) -> list[str]:
                        f"{r['seconds']:.1f} s for {r['faces_measured']} faces, {_f(r['per_face_s'], '{:.3f}')} s/face; "
                        f"cloak {_f(x['cloak_per_face_s'], '{:.3f}')} s/face; report / cloak per face "
                        f"{_f(x['report_over_cloak_per_face'])}")
+            w = x.get("report_gallery_enrolled")
+            if w:
+                out.append(f"  the same with the gallery enrolled before (the report cache holding only it): "
+                           f"{w['seconds']:.1f} s, {_f(w['per_face_s'], '{:.3f}')} s/face; report / cloak per face "
+                           f"{_f(x['report_gallery_enrolled_over_cloak_per_face'])}")
     if "rss" in d:
         rs = d["rss"]
         out.append(f"preset peak RSS: {rs['n']['photos']} photos {rs['n']['peak_rss_bytes'] / 2**20:.0f} MiB, "

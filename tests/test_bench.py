@@ -181,7 +181,7 @@ def test_bench_protect_preset_without_a_classifier(tmp_path, monkeypatch, capsys
     out = tmp_path / "bench.json"
     capsys.readouterr()
     assert main(["bench", str(photos), "--out", str(out), "--preset-rss-n", "1", "--threads", "1", "--no-ray",
-                 "--report-judges", "embedder:mobilefacenet,nosuchjudge",
+                 "--report-judges", "embedder:mobilefacenet,nosuchjudge", "--report-gallery", str(photos),
                  "--no-progress"]) == 0  # no --model, no --preset: protect, as surrogates are installed
     r = json.loads(out.read_text())
     assert "facepriv_fgsm" not in r and "speedup_vs_naive_fgsm" not in r  # the classifier parts need --model
@@ -214,8 +214,13 @@ def test_bench_protect_preset_without_a_classifier(tmp_path, monkeypatch, capsys
     assert r["report_over_cloak_per_face_in_process"] == here["report_over_cloak_per_face"] and "ray" not in rep
     assert here["report"]["judge_names"] == ["tfjs:mobilefacenet"]
     assert here["report"]["verification"]["tfjs:mobilefacenet"] is not None, str(here["report"])  # it judged
+    warm = here["report_gallery_enrolled"]  # the same report once the gallery is enrolled (report cache)
+    assert warm["faces_measured"] == 2 and warm["per_face_s"] > 0 and warm["gallery"] == str(photos)
+    assert r["report_over_cloak_per_face_in_process_gallery_enrolled"] == pytest.approx(
+        warm["per_face_s"] / here["cloak_per_face_s"])
     table = capsys.readouterr().out
     assert "report (in process, 0 worker(s), judges embedder:mobilefacenet" in table
+    assert "with the gallery enrolled before" in table
     assert "preset protect (embed-pgd on mobilefacenet, 40 steps" in table and "ratio" in table
     assert "budget" in table and "naive" not in table
 

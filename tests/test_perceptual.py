@@ -113,6 +113,27 @@ def test_quality_term_raises_the_face_score():
     assert q.last is not None and q.last.shape == (3,)
 
 
+def test_quality_every_k_steps_evaluates_the_term_on_those_steps_and_still_raises_the_score(monkeypatch):
+    """quality_every=k: the term (forward and backward) runs on steps 0, k, 2k, ... and its
+    gradient is reused in between, so the faces still score well above the plain attack."""
+    x, lm = _regions(n=3, size=48)
+    models = _models(lm)
+    boxes = [(6, 6, 42, 42)] * 3
+    plain, _ = embed_pgd(models, x, eps=12, steps=12)
+    q = QualityTerm(boxes, target=90, weight=20)
+    calls = []
+    real = QualityTerm.penalty
+    monkeypatch.setattr(QualityTerm, "penalty", lambda self, a, b: calls.append(1) or real(self, a, b))
+    every4, _ = embed_pgd(models, x, eps=12, steps=12, quality=q, quality_every=4)
+    assert len(calls) == 3  # steps 0, 4, 8
+    calls.clear()
+    embed_pgd(models, x, eps=12, steps=12, quality=QualityTerm(boxes, target=90, weight=20))
+    assert len(calls) == 12
+    crop = (slice(None), slice(None), slice(6, 42), slice(6, 42))
+    before, after = ssimulacra2(x[crop], plain[crop]), ssimulacra2(x[crop], every4[crop])
+    assert (before < 90).all() and (after > before + 5).all()
+
+
 def test_reference_side_is_computed_once_with_the_same_scores(monkeypatch):
     """`perceptual.Reference` (and `metrics.Ssimulacra2Ref`, the budget's scorer) prepare the
     original's half once; each score then converts only the candidate, with ssimulacra2's values."""

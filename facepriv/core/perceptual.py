@@ -19,8 +19,10 @@ is checked with the reference on the written file.
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -89,21 +91,30 @@ MATMUL_MAX = 192  # images up to this side blur as two small matrix products (fe
 
 def _blur_matrices(h: int, w: int, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`_blur` as matrices: blur(x) = mv @ x @ mht, the borders (rows mirrored, columns zero-padded) folded in."""
-    r = (len(k) - 1) // 2
-    kk = k.tolist()
-    mv = torch.zeros(h, h, dtype=k.dtype)
-    for i in range(h):
-        for t in range(2 * r + 1):
-            p = i + t - r  # row of the padded image, in the original's indices
-            src = -1 - p if p < 0 else (2 * h - 1 - p if p >= h else p)
-            mv[i, src] += kk[t]
-    mh = torch.zeros(w, w, dtype=k.dtype)
-    for j in range(w):
-        for t in range(2 * r + 1):
-            q = j + t - r
-            if 0 <= q < w:
-                mh[j, q] += kk[t]
-    return mv, mh.T.contiguous()
+    mv, mht = _blur_matrices_np(h, w, tuple(k.tolist()))
+    return torch.tensor(mv, dtype=k.dtype), torch.tensor(mht, dtype=k.dtype)
+
+
+@functools.lru_cache(maxsize=512)
+def _blur_matrices_np(h: int, w: int, kk: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The matrices of `_blur_matrices` (float64, read-only), built once per (h, w, kernel): every
+    face of a size shares them (each SSIMULACRA 2 reference and budget region used to rebuild them)."""
+    r = (len(kk) - 1) // 2
+    k = np.asarray(kk, np.float64)
+    t = np.arange(2 * r + 1)
+    i = np.arange(h)[:, None]
+    p = i + t[None, :] - r  # row of the padded image, in the original's indices
+    src = np.where(p < 0, -1 - p, np.where(p >= h, 2 * h - 1 - p, p))
+    mv = np.zeros((h, h))
+    np.add.at(mv, (np.broadcast_to(i, src.shape), src), np.broadcast_to(k, src.shape))
+    j = np.arange(w)[:, None]
+    q = j + t[None, :] - r
+    ok = (q >= 0) & (q < w)
+    mh = np.zeros((w, w))
+    np.add.at(mh, (np.broadcast_to(j, q.shape)[ok], q[ok]), np.broadcast_to(k, q.shape)[ok])
+    mht = np.ascontiguousarray(mh.T)
+    mv.flags.writeable = mht.flags.writeable = False
+    return mv, mht
 
 
 class _Blur:
