@@ -82,6 +82,15 @@ def test_bad_option_combinations(src, tmp_path):
                                  tmp_path), "--min-face-quality")
 
 
+def test_counts_below_one(src, tmp_path):
+    _assert_fast_failure(*_cloak([src, "--preset", "protect", "--surrogate", "x.pt", "--workers", "0"], tmp_path),
+                         "--workers 0", "at least 1")
+    _assert_fast_failure(*_cloak([src, "--preset", "protect", "--surrogate", "x.pt", "--face-batch", "-1"], tmp_path),
+                         "--face-batch -1")
+    _assert_fast_failure(*_cloak([src, "--preset", "protect", "--surrogate", "x.pt", "--quality-every", "0"], tmp_path),
+                         "--quality-every 0")
+
+
 def test_preflight_accepts_an_empty_src_when_allowed(tmp_path):
     from facepriv.core.settings import CloakSettings
     from facepriv.errors import UsageError

@@ -273,3 +273,76 @@ def test_cloak_applies_an_aligned_v_end_to_end_without_a_surrogate(tmp_path):
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows) and faces
     assert all(f["face_ssimulacra2"] >= 60 - 0.5 for f in faces)  # the floor on the written face region
     assert all(f["face_psnr"] < 60 for f in faces)  # and the faces did change
+
+
+def test_top_up_takes_the_protect_attack_and_is_part_of_the_settings_hash(tmp_path, monkeypatch):
+    from facepriv.core.settings import PRESETS
+    from facepriv.errors import UsageError
+
+    v = (_smooth(1, 112, 2, 5)[0] - 0.5) * 0.1
+    path = _aligned_file(tmp_path, v)
+    monkeypatch.setenv("FACEPRIV_HOME", str(tmp_path / "home"))
+    base = ["cloak", "SRC", "DST", "--attack", "uap", "--perturbation", path, "--min-face-quality", "50"]
+    with pytest.raises(UsageError, match="facepriv models install"):  # a top-up needs a surrogate
+        settings_from_args(build_parser().parse_args(base + ["--top-up", "5"]))
+    (tmp_path / "home" / "models").mkdir(parents=True)
+    for n in ("mobileface", "mobilefacenet"):
+        (tmp_path / "home" / "models" / f"{n}.pt").write_bytes(b"")
+    plain = settings_from_args(build_parser().parse_args(base))
+    s = settings_from_args(build_parser().parse_args(base + ["--top-up", "5"]))
+    p = PRESETS["protect"]
+    assert (s.attack, s.top_up, s.top_up_above, s.surrogate) == ("uap", 5, 0.4, "mobilefacenet")
+    assert (s.face_psnr, s.quality_target, s.quality_every, s.embed_loss, s.input_diversity) == (
+        p["face_psnr"], p["quality_target"], p["quality_every"], p["embed_loss"], p["input_diversity"])
+    assert s.min_face_quality == 50.0 and s.min_psnr is None  # the floors are the user's, not the preset's
+    assert s.eps == pytest.approx(float(v.abs().max()) * 255, abs=1e-3)  # v's own size caps the top-up too
+    assert "top_up" not in plain.output_fields(None) and plain.surrogate is None
+    assert s.output_fields(None, ["abc"])["top_up"] == 5 and s.hash(None, ["abc"]) != plain.hash(None)
+    s2 = settings_from_args(build_parser().parse_args(base + ["--top-up", "5", "--top-up-above", "0.2",
+                                                              "--surrogate", "mobileface"]))
+    assert (s2.top_up_above, s2.surrogate) == (0.2, "mobileface")
+    with pytest.raises(UsageError, match="--top-up applies to --attack uap"):
+        settings_from_args(build_parser().parse_args(["cloak", "SRC", "DST", "--preset", "protect", "--top-up", "3"]))
+
+
+SHARED_MODELS = "/work/shared/models/human-models-3.0.4"
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_MODELS), reason=f"pretrained TF.js models not present at {SHARED_MODELS}")
+def test_top_up_steps_only_the_faces_the_universal_cloak_left_close(tmp_path):
+    """With --top-up the faces above --top-up-above get N embed-pgd steps from the universal
+    cloak (their would-be file moves further from the clean embedding, the floor still holds);
+    a threshold no face reaches leaves the plain universal cloak, exactly."""
+    import types
+    from dataclasses import replace
+
+    from facepriv.core.align import ARCFACE_112
+    from facepriv.core.metrics import ssimulacra2
+    from facepriv.core.settings import PRESETS
+
+    v = (_smooth(1, 112, 3, 6)[0] - 0.5) * 0.08
+    path = _aligned_file(tmp_path, v)
+    spec = os.path.join(SHARED_MODELS, "mobileface.json")
+    attack = {k: PRESETS["protect"][k] for k in ("embed_loss", "momentum", "input_diversity", "face_psnr",
+                                                 "quality_target", "quality_every")}
+    s = CloakSettings(attack="uap", extra={"uap": path, "uap_frame": "aligned"}, eps=float(v.abs().max()) * 255,
+                      min_face_quality=40.0, surrogate=spec, top_up=3, top_up_above=-1.0, **attack)
+    g = torch.Generator().manual_seed(0)
+    px = F.interpolate(torch.rand(1, 3, 16, 16, generator=g), size=(128, 128), mode="bilinear",
+                       align_corners=False)[0]
+    ph = types.SimpleNamespace(decoded=types.SimpleNamespace(format="PNG"))
+    item = FaceItem(photo=ph, index=0, region=(0, 0, 128, 128), pixels=px, crop=(0, 0, 128, 128),
+                    landmarks=ARCFACE_112 * (128 / 112), box=np.array([8, 8, 120, 120.0]))
+    topped = strategies.make(s, None, torch.device("cpu"))
+    adv, steps = topped([item])
+    assert steps == [1 + 3] and topped.last_topped == [True]
+    plain_strat = strategies.make(replace(s, top_up_above=1.0), None, torch.device("cpu"))
+    plain, steps0 = plain_strat([item])
+    assert steps0 == [1] and plain_strat.last_topped == [False]
+    assert torch.equal(plain, strategies.make(replace(s, top_up=0), None, torch.device("cpu"))([item])[0])
+    x = px[None]
+    before, after = topped.topup.similarity([item], x, plain)[0], topped.topup.similarity([item], x, adv)[0]
+    assert after < before - 0.05
+    o8 = (px.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    a8 = (adv[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert ssimulacra2(o8[8:120, 8:120], a8[8:120, 8:120]) >= 40 - 0.5

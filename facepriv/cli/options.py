@@ -40,6 +40,14 @@ def add_cloak_options(p: argparse.ArgumentParser) -> None:
                    help="universal perturbation (.npy from `facepriv uap fit`) for --attack uap; one fitted "
                         "with --frame aligned is drawn into each face through its 5 landmarks and needs no "
                         "surrogate (add --min-face-quality to bound each face's quality)")
+    a.add_argument("--top-up", type=int, default=None, metavar="STEPS",
+                   help="--attack uap: then STEPS embed-pgd steps (--preset protect's attack, on --surrogate or "
+                        "the installed surrogates) from the universal cloak, for the faces whose would-be file "
+                        "the surrogate still finds close to their clean embedding (--top-up-above); the "
+                        "manifest's steps count them (default 0 = off)")
+    a.add_argument("--top-up-above", type=float, default=None, metavar="COS",
+                   help="--top-up: top up the faces whose cloaked embedding keeps a cosine above COS with their "
+                        "clean one (mean over the surrogates; default 0.4)")
     a.add_argument("--eps", type=float, default=None,
                    help="L-inf budget in 0-255 pixel units (default 8) of the change facepriv makes. The manifest's "
                         "per-face linf / l2 are measured on the written file read back, so for JPEG outputs they "
@@ -154,6 +162,10 @@ def add_embed_options(a: argparse._ArgumentGroup) -> None:
     a.add_argument("--quality-weight", type=float, default=None, metavar="W",
                    help="embed-pgd: weight of that term: W x (S - score) / 100 per face against the cosine "
                         "loss (default 1)")
+    a.add_argument("--quality-every", type=int, default=None, metavar="K",
+                   help="embed-pgd: recompute that term's gradient every K steps and reuse it in between (it "
+                        "changes slowly with the cloak; one evaluation costs about a third of a surrogate pass; "
+                        "default 1, --preset protect 8)")
     a.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="the protection / face-quality trade-off, embed-pgd on the installed surrogates (`facepriv "
                         "models install`; mobilefacenet when installed, else all of them): discreet (every face "
@@ -168,9 +180,16 @@ def add_embed_options(a: argparse._ArgumentGroup) -> None:
 def settings_from_args(args: argparse.Namespace) -> CloakSettings:
     """CloakSettings from parsed cloak options; looks up what `from_args` needs from outside:
     the installed surrogates (for a preset) and the universal perturbation (for --attack uap)."""
+    from facepriv.errors import UsageError
+
+    for flag in ("workers", "batch_size", "face_batch"):
+        v = getattr(args, flag, None)
+        if v is not None and v < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} {v}: must be at least 1"
+                             + (" (leave it out for one worker per CPU, or GPU)" if flag == "workers" else ""))
     installed: list[str] = []
     models_dir = "$FACEPRIV_HOME/models"
-    if getattr(args, "preset", None) and not getattr(args, "surrogate", None):
+    if (getattr(args, "preset", None) or getattr(args, "top_up", None)) and not getattr(args, "surrogate", None):
         from facepriv.models.store import installed as installed_names, models_dir as mdir
 
         installed, models_dir = installed_names(), str(mdir())

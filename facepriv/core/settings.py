@@ -26,10 +26,16 @@ from facepriv.errors import UsageError
 DEFAULT_MAX_PIXELS = 100_000_000  # refuse images with more pixels than this, before decoding
 
 EMBED_FIELDS = ("surrogate", "embed_loss", "momentum", "input_diversity", "ti_sigma", "min_psnr", "min_ssim",
-                "texture_mask", "min_face_quality", "face_psnr", "quality_target", "quality_weight")
+                "texture_mask", "min_face_quality", "face_psnr", "quality_target", "quality_weight",
+                "quality_every")
 
 # the quality floors an aligned-frame universal perturbation is applied under (facepriv/strategies/uap.py)
 FLOOR_FIELDS = ("min_psnr", "min_ssim", "min_face_quality")
+# the universal cloak's per-photo top-up (embed-pgd steps on the faces it left close; strategies/uap.py)
+TOP_UP_FIELDS = ("top_up", "top_up_above")
+# what a top-up takes from --preset protect unless given: its embed-pgd attack, not its floors
+TOP_UP_ATTACK = ("embed_loss", "momentum", "input_diversity", "ti_sigma", "texture_mask", "face_psnr",
+                 "quality_target", "quality_weight", "quality_every")
 
 
 @dataclass
@@ -73,6 +79,11 @@ class CloakSettings:
     face_psnr: float | None = None  # an L2 ball on each face's quality box: the change keeps this PSNR (dB)
     quality_target: float | None = None  # SSIMULACRA2 term in the loss: penalise a face region below this
     quality_weight: float = 1.0  # its weight against the embedding loss
+    quality_every: int = 1  # the term's gradient is recomputed every this many steps, reused in between
+    # uap top-up: this many embed-pgd steps for the faces whose would-be file the surrogate still
+    # finds within cosine top_up_above of their clean embedding (0 = off)
+    top_up: int = 0
+    top_up_above: float = 0.4
 
     @classmethod
     def from_args(cls, args: Any, installed: Sequence[str] = (), perturbation: dict[str, Any] | None = None,
@@ -87,7 +98,11 @@ class CloakSettings:
         d = dataclasses.asdict(self)
         for k in ("face_batch", "judge", "redetect", "device", "model"):
             d.pop(k)
-        if self.attack != "embed-pgd":  # keep the settings hash of other attacks' runs unchanged
+        top_up = self.attack == "uap" and self.top_up > 0
+        if not top_up:
+            for k in TOP_UP_FIELDS:
+                d.pop(k)
+        if self.attack != "embed-pgd" and not top_up:  # keep the settings hash of other attacks' runs unchanged
             keep = FLOOR_FIELDS if (self.extra or {}).get("uap_frame") == "aligned" else ()
             for k in EMBED_FIELDS:
                 if k not in keep:
@@ -134,7 +149,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "min_face_quality": 70.0},
     # 40 steps: on lfw50 (100 faces) +4 points dlib and +5 SFace over 20 (README "Presets")
     "protect": {**_COMMON, "eps": 12.0, "steps": 40, "face_psnr": 35.5, "quality_target": 53.0, "min_psnr": 35.0,
-                "min_face_quality": 50.0},
+                "min_face_quality": 50.0, "quality_every": 8},
     "strong": {**_COMMON, "eps": 16.0, "face_psnr": 32.0, "quality_target": 35.0, "min_psnr": None,
                "min_face_quality": 30.0},
 }
@@ -167,6 +182,8 @@ def _from_args(cls, args: Any, installed: Sequence[str] = (), perturbation: dict
     given = _given(args)
     preset = getattr(args, "preset", None)
     values = {**(PRESETS[preset] if preset else {}), **given}
+    if values.get("quality_every") is not None and int(values["quality_every"]) < 1:
+        raise UsageError(f"--quality-every {values['quality_every']} must be at least 1 (1 = every step)")
     for flag, key, top in (("--min-ssim", "min_ssim", 1.0), ("--min-face-quality", "min_face_quality", 100.0)):
         if values.get(key) is not None and values[key] > top:
             raise UsageError(f"{flag} {values[key]:g} can never be met (at most {top:g}, an unchanged face)")
@@ -178,6 +195,20 @@ def _from_args(cls, args: Any, installed: Sequence[str] = (), perturbation: dict
                              "with its model files), or pass --surrogate")
         preferred = [n for n in PREFERRED.get(preset, ()) if n in installed]
         values["surrogate"] = ",".join(preferred or installed)
+    if values.get("top_up") and values.get("attack") != "uap":
+        raise UsageError("--top-up applies to --attack uap (embed-pgd steps after the universal cloak); for a "
+                         "per-photo cloak use --preset protect or --steps")
+    if values.get("attack") == "uap" and values.get("top_up"):
+        if int(values["top_up"]) < 0:
+            raise UsageError(f"--top-up {values['top_up']}: a number of steps, at least 0")
+        for k in TOP_UP_ATTACK:  # the top-up is the protect preset's attack unless given
+            values.setdefault(k, PRESETS["protect"][k])
+        if not values.get("surrogate"):
+            if not installed:
+                raise UsageError("--top-up runs embed-pgd on the installed face-embedding surrogates, but none is "
+                                 f"installed in {models_dir}: run `facepriv models install`, or pass --surrogate")
+            preferred = [n for n in PREFERRED["protect"] if n in installed]
+            values["surrogate"] = ",".join(preferred or installed)
     if values.get("attack") == "uap":
         if not perturbation:
             raise UsageError("--attack uap needs --perturbation PATH (a perturbation from `facepriv uap fit`)")

@@ -47,6 +47,8 @@ def check_attack(settings) -> None:
         _check_surrogates(settings.surrogate)
     if attack == "uap":
         _check_perturbation((settings.extra or {}).get("uap"))
+        if getattr(settings, "top_up", 0):
+            _check_surrogates(settings.surrogate)
 
 
 def _check_model(path: str, need_classifier: bool) -> None:

@@ -131,11 +131,41 @@ class EmbedPGDStrategy:
         return [self.s.jpeg_quality if getattr(it.photo.decoded, "format", None) == "JPEG" else None for it in chunk]
 
     def __call__(self, chunk: list[FaceItem]):
-        s = self.s
         x = geometry.pack([it.pixels for it in chunk]).to(self.device)
+        adv, used, sizes, pre = self.craft(chunk, x)
+        floors = Floors(getattr(self.s, "min_psnr", None), getattr(self.s, "min_ssim", None),
+                        getattr(self.s, "min_face_quality", None))
+        self.last_scales = [1.0] * len(chunk)
+        if floors:
+            adv = self._fit_budget(chunk, x, adv, sizes, pre, floors)
+        return adv, used.tolist()
+
+    def _written(self, chunk, sizes):
+        return WrittenModel(_Identity(), sizes, self._qualities(chunk)) if getattr(self.s, "simulate_write", True) \
+            else None
+
+    @torch.no_grad()
+    def similarity(self, chunk: list[FaceItem], x: torch.Tensor, adv: torch.Tensor) -> np.ndarray:
+        """Per face, the cosine between the surrogates' embeddings of what the file will hold
+        for `adv` and of the clean `x` (mean over the surrogates): how close a cloak left it."""
         sizes = [tuple(it.pixels.shape[1:]) for it in chunk]
         lms = np.stack([np.asarray(it.landmarks, np.float64) for it in chunk])
-        pre = WrittenModel(_Identity(), sizes, self._qualities(chunk)) if getattr(s, "simulate_write", True) else None
+        pre = self._written(chunk, sizes)
+        sims = []
+        for net in self.nets:
+            m = JitteredAlign(net, lms, p=0.0, sizes=sizes)
+            a = torch.nn.functional.normalize(m(x).flatten(1), dim=1)
+            b = torch.nn.functional.normalize(m(adv if pre is None else pre(adv)).flatten(1), dim=1)
+            sims.append((a * b).sum(1))
+        return torch.stack(sims).mean(0).cpu().numpy()
+
+    def craft(self, chunk: list[FaceItem], x: torch.Tensor, x_init: torch.Tensor | None = None):
+        """The attack before the quality floors: (adv, steps per face, region sizes, the
+        written-file model). `x_init`: start from this cloak of x (e.g. a universal one)."""
+        s = self.s
+        sizes = [tuple(it.pixels.shape[1:]) for it in chunk]
+        lms = np.stack([np.asarray(it.landmarks, np.float64) for it in chunk])
+        pre = self._written(chunk, sizes)
         p = float(getattr(s, "input_diversity", 0.0) or 0.0)
         seeds = [face_seed(it.pixels) for it in chunk] if p > 0 else None
         models = [JitteredAlign(net, lms, p=p, sizes=sizes,
@@ -160,15 +190,10 @@ class EmbedPGDStrategy:
         adv, used = embed_pgd(models, x, eps=s.eps, steps=s.steps, alpha=s.alpha, loss=loss, clean=clean,
                               decoys=decoys, momentum=getattr(s, "momentum", 0.0),
                               ti_sigma=getattr(s, "ti_sigma", 0.0), pre=pre, eps_map=emap,
-                              quality=quality,
+                              quality=quality, quality_every=getattr(s, "quality_every", 1),
                               face_rms=None if s.face_psnr is None else 255.0 / 10 ** (s.face_psnr / 20),
-                              face_mask=face_mask)
-        floors = Floors(getattr(s, "min_psnr", None), getattr(s, "min_ssim", None),
-                        getattr(s, "min_face_quality", None))
-        self.last_scales = [1.0] * len(chunk)
-        if floors:
-            adv = self._fit_budget(chunk, x, adv, sizes, pre, floors)
-        return adv, used.tolist()
+                              face_mask=face_mask, x_init=x_init)
+        return adv, used, sizes, pre
 
     def _face_terms(self, chunk, x):
         """The quality term (--quality-target) and the face masks of the L2 ball (--face-psnr):

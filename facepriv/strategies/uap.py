@@ -10,6 +10,10 @@ Two frames, read from v's sidecar (`facepriv.io.perturbation.describe`, "frame")
   --min-ssim) each face's change is then scaled to the largest the written file's face region
   keeps within them (`facepriv.strategies.floors.fit_budget`: `budget.fit_photo` on the photo
   as it will be written). Needs MTCNN and the file only: no surrogate, no gradient.
+  With --top-up N (optional; needs a surrogate): the faces whose would-be file the surrogate
+  still embeds within cosine --top-up-above of their clean embedding get N embed-pgd steps
+  (`EmbedPGDStrategy.craft`, --preset protect's attack) starting from the universal cloak,
+  and then the floors again; the manifest's steps are 1 (the addition) + N for those faces.
 * "crop" (the paper's fit, facepriv/distributed/uap_fit.py; files without a frame):
 
 No gradients and no surrogate: for every detected face, v (fitted on S x S crops, see
@@ -79,12 +83,22 @@ def add_aligned(x: torch.Tensor, sizes: Sequence[tuple[int, int]], landmarks: Se
     return out
 
 
+def read_surrogates(settings) -> list:
+    """The top-up's surrogates (none without --top-up: applying v needs no model)."""
+    if not getattr(settings, "top_up", 0):
+        return []
+    from facepriv.strategies.embed import read_surrogates as read
+
+    return read(settings)
+
+
 class UniversalStrategy:
     """Adds v to each face in v's frame (module doc); reads the path from settings.extra["uap"]."""
 
     name = "uap"
+    read_surrogates = staticmethod(read_surrogates)
 
-    def __init__(self, settings, loaded, device):
+    def __init__(self, settings, loaded, device, surrogates=None):
         from facepriv.io.perturbation import describe, load_perturbation
 
         path = (settings.extra or {}).get("uap")
@@ -95,6 +109,17 @@ class UniversalStrategy:
         info = describe(path)
         self.frame, self.template = info.get("frame") or "crop", info.get("template")
         self.last_scales: list[float] = []
+        self.topup = None
+        self.last_topped: list[bool] = []
+        if getattr(settings, "top_up", 0):
+            if self.frame != "aligned":
+                raise FacePrivError("--top-up needs a perturbation fitted with `facepriv uap fit --frame aligned`")
+            from dataclasses import replace
+
+            from facepriv.strategies.embed import EmbedPGDStrategy
+
+            self.topup = EmbedPGDStrategy(replace(settings, attack="embed-pgd", steps=int(settings.top_up)),
+                                          loaded, device, surrogates)
 
     def __call__(self, chunk: list[FaceItem]):
         x = geometry.pack([it.pixels for it in chunk])
@@ -102,11 +127,31 @@ class UniversalStrategy:
             return add_universal(x, [it.crop for it in chunk], self.v), [1] * len(chunk)
         sizes = [tuple(it.pixels.shape[1:]) for it in chunk]
         adv = add_aligned(x, sizes, [it.landmarks for it in chunk], self.v, self.template)
+        adv = self._floors(chunk, x, adv, sizes)
+        steps = [1] * len(chunk)
+        self.last_topped = [False] * len(chunk)
+        if self.topup is not None:
+            x = x.to(self.topup.device)
+            close = np.flatnonzero(self.topup.similarity(chunk, x, adv.to(x.device)) > self.s.top_up_above)
+            if len(close):
+                sub = [chunk[i] for i in close]
+                idx = torch.as_tensor(close, device=x.device)
+                got, used, _, _ = self.topup.craft(sub, x[idx], x_init=adv.to(x.device)[idx])
+                adv = adv.to(x.device).clone()
+                adv[idx] = got
+                adv = self._floors(chunk, x, adv, sizes)
+                for j, i in enumerate(close):
+                    steps[i] += int(used[j])
+                    self.last_topped[i] = True
+        return adv, steps
+
+    def _floors(self, chunk, x, adv, sizes):
         s = self.s
         floors = Floors(getattr(s, "min_psnr", None), getattr(s, "min_ssim", None), getattr(s, "min_face_quality", None))
         self.last_scales = [1.0] * len(chunk)
-        if floors:
-            quals = [s.jpeg_quality if getattr(getattr(it.photo, "decoded", None), "format", None) == "JPEG" else None
-                     for it in chunk]
-            adv, self.last_scales = fit_budget(s, chunk, x, adv, sizes, quals, floors)
-        return adv, [1] * len(chunk)
+        if not floors:
+            return adv
+        quals = [s.jpeg_quality if getattr(getattr(it.photo, "decoded", None), "format", None) == "JPEG" else None
+                 for it in chunk]
+        adv, self.last_scales = fit_budget(s, chunk, x, adv, sizes, quals, floors)
+        return adv
