@@ -42,14 +42,15 @@ class WrittenModel(torch.nn.Module):
         self.inner, self.sizes, self.qualities = inner, list(sizes), list(qualities)
 
     def _written(self, x: torch.Tensor) -> torch.Tensor:
-        out = (x * 255).round() / 255
-        for i, ((h, w), q) in enumerate(zip(self.sizes, self.qualities)):
-            if q is None:
-                continue
-            region = (x[i, :, :h, :w].detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-            back = imageio.jpeg_round_trip(region, q)
-            out[i, :, :h, :w] = torch.from_numpy(back).to(x.device).permute(2, 0, 1).float() / 255
-        return out
+        u8 = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8)
+        jpeg = [i for i, q in enumerate(self.qualities) if q is not None]
+        if jpeg:  # one conversion to HWC numpy for the batch; each JPEG region round-tripped in place
+            hwc = u8.permute(0, 2, 3, 1).cpu().numpy().copy()
+            for i in jpeg:
+                h, w = self.sizes[i]
+                hwc[i, :h, :w] = imageio.jpeg_round_trip(np.ascontiguousarray(hwc[i, :h, :w]), self.qualities[i])
+            u8 = torch.from_numpy(hwc).to(x.device).permute(0, 3, 1, 2)
+        return u8.to(x.dtype) / 255
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x + (self._written(x) - x).detach())
