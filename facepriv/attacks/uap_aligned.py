@@ -118,17 +118,28 @@ def unit_embeddings(model, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
 
 def shard_gradient(models: Sequence, a: torch.Tensor, clean: Sequence[torch.Tensor], v: torch.Tensor,
                    decoys: Sequence[torch.Tensor | None] | None = None, mats: np.ndarray | None = None,
-                   write: Writer | None = None) -> tuple[torch.Tensor, float, int]:
+                   write: Writer | None = None, quality: tuple[float, float] | None = None
+                   ) -> tuple[torch.Tensor, float, int]:
     """(sum over the faces of d loss / d v (3,S,S), summed loss, faces) for crops a with
     `clean[k]` (B,D_k) the unit clean embeddings under models[k] and `decoys[k]` (D_k,) or None.
-    The loss is the mean over the models (module doc)."""
+    The loss is the mean over the models (module doc). `quality` = (target, weight): plus, per
+    face, weight x max(0, target - S) / 100, S the differentiable SSIMULACRA 2 (float32) of the
+    written crop against the clean one (before the re-detection jitter) - v is pushed toward
+    changes that cost the faces little quality, as the per-photo attack's quality term does."""
     if len(a) == 0:
         return torch.zeros_like(v), 0.0, 0
     vv = v.detach().clone().requires_grad_(True)
-    x = chain(a, vv, mats, write)
+    written = chain(a, vv, None, write)
+    x = written if mats is None else warp_batch(written, mats)
     dec = list(decoys) if decoys is not None else [None] * len(models)
     total = sum(embedding_loss(m(x), c, None if d is None else d[None].expand_as(c)).sum()
                 for m, c, d in zip(models, clean, dec)) / len(models)
+    if quality is not None:
+        from facepriv.core.perceptual import Reference
+
+        target, weight = quality
+        scores = Reference(a.detach(), torch.float32).score(written)
+        total = total + weight * (target - scores).clamp_min(0).sum() / 100.0
     (g,) = torch.autograd.grad(total, vv)
     return g.detach(), float(total.detach()), len(a)
 

@@ -76,6 +76,13 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fit-jpeg-quality", type=int, default=95,
                    help="JPEG quality of the written file modelled in the fit (0 = PNG: uint8 only) (default 95)")
     g.add_argument("--ti-sigma", type=float, default=0.0, help="Gaussian smoothing of the gradient, px (default 0)")
+    g.add_argument("--quality-target", type=float, default=None, metavar="S",
+                   help="a face-quality term in the fit's loss: each written crop's SSIMULACRA 2 below S costs "
+                        "weight x (S - score) / 100, so v favours changes the faces' quality floor keeps (the "
+                        "apply's --min-face-quality scales each face's change down until its face region meets "
+                        "it) (default off)")
+    g.add_argument("--quality-weight", type=float, default=1.0, metavar="W",
+                   help="weight of --quality-target's term against the cosine loss (default 1)")
     g.add_argument("--rms", type=float, default=None,
                    help="also bound v's RMS over the frame (0-255 units; L2 steps): a smaller, more structured v "
                         "than the L-inf ball alone, for a face-quality floor (default: L-inf only)")
@@ -119,7 +126,7 @@ def aligned_settings_from_args(args: argparse.Namespace):
                               patience=args.patience, tol=args.tol, jitter=args.jitter,
                               jitter_strength=args.jitter_strength,
                               jpeg_quality=args.fit_jpeg_quality or None, ti_sigma=args.ti_sigma, rms=args.rms,
-                              seed=args.seed)
+                              quality_target=args.quality_target, quality_weight=args.quality_weight, seed=args.seed)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

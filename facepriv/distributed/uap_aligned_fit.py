@@ -58,7 +58,7 @@ HISTORY_SCHEMA = pa.schema([
 # settings that must match to resume from a saved v (max_passes, patience, tol may change)
 RESUME_KEYS = ("xi", "surrogate", "template", "size", "loss", "lr", "batch", "jitter", "jitter_strength",
                "jpeg_quality", "ti_sigma",
-               "rms", "seed")
+               "rms", "quality_target", "quality_weight", "seed")
 LOSSES = ("untargeted", "decoy")
 
 
@@ -80,6 +80,8 @@ class AlignedFitSettings:
     jpeg_quality: int | None = 95  # the written file's JPEG quality in the chain (None: PNG, uint8 only)
     ti_sigma: float = 0.0  # Gaussian smoothing of the summed gradient (px of the frame; 0 = off)
     rms: float | None = None  # also an L2 bound: v's RMS over the frame <= rms (0-255), L2 steps
+    quality_target: float | None = None  # a SSIMULACRA 2 term per face in the loss (ua.shard_gradient)
+    quality_weight: float = 1.0
     seed: int = 0
     norm: str = "linf"
 
@@ -171,8 +173,9 @@ class AlignedShard:
         k_ = self.s.jitter_strength
         mats = ua.jitter_matrices(len(mine), self.s.size, ua.face_rngs(self.s.seed, pass_index, mine), p=self.s.jitter,
                                   scale=0.04 * k_, degrees=4.0 * k_, shift=0.03 * k_) if self.s.jitter > 0 else None
+        q = (self.s.quality_target, self.s.quality_weight) if self.s.quality_target is not None else None
         g, loss, n = ua.shard_gradient(self.models, self.a[k], [c[k] for c in self.clean], vt,
-                                       self.decoys, mats, self.write)
+                                       self.decoys, mats, self.write, q)
         return g.numpy(), loss, n
 
     @torch.no_grad()
@@ -308,7 +311,8 @@ def load_state(out: str, settings: AlignedFitSettings, info: dict[str, Any]) -> 
         raise FacePrivError(f"{out} holds a fit in another frame ({side.get('frame', 'crop')}); pass --restart "
                             "or choose another --out")
     old, new = side.get("settings", {}), asdict(settings)
-    diff = [k for k in RESUME_KEYS if old.get(k) != new[k]]
+    defaults = asdict(AlignedFitSettings())  # a key an older sidecar lacks had its default then
+    diff = [k for k in RESUME_KEYS if old.get(k, defaults[k]) != new[k]]
     diff += [k for k in ("surrogates", "fit_data") if side.get(k) != info.get(k)]
     if diff:
         raise FacePrivError(f"{out} holds a fit with different {', '.join(diff)}; pass --restart to start over, "
