@@ -139,7 +139,11 @@ class UniversalStrategy:
                 got, used, _, _ = self.topup.craft(sub, x[idx], x_init=adv.to(x.device)[idx])
                 adv = adv.to(x.device).clone()
                 adv[idx] = got
+                first = list(self.last_scales)
                 adv = self._floors(chunk, x, adv, sizes)
+                # a face not topped up keeps its universal cloak's scale (times the second fit's, ~1)
+                topped = set(int(i) for i in close)
+                self.last_scales = [sc if i in topped else first[i] * sc for i, sc in enumerate(self.last_scales)]
                 for j, i in enumerate(close):
                     steps[i] += int(used[j])
                     self.last_topped[i] = True
