@@ -9,6 +9,7 @@ from facepriv.attacks.pgd import pgd
 from facepriv.core import geometry
 from facepriv.errors import FacePrivError
 from facepriv.strategies.base import FaceItem, WrittenModel
+from facepriv.strategies.floors import output_qualities
 
 
 class _ClassifierAttack:
@@ -30,8 +31,7 @@ class _ClassifierAttack:
         sizes = [tuple(it.pixels.shape[1:]) for it in chunk]
         model = geometry.CropModel(self.net, [it.crop for it in chunk], views=views, sizes=sizes)
         if getattr(self.s, "simulate_write", False):
-            q = [self.s.jpeg_quality if getattr(it.photo.decoded, "format", None) == "JPEG" else None for it in chunk]
-            model = WrittenModel(model, sizes, q)
+            model = WrittenModel(model, sizes, output_qualities(self.s, chunk))
         y = torch.tensor([it.target if it.target is not None else int(c) for it, c in zip(chunk, clean)],
                          device=x.device)
         return x, model, y

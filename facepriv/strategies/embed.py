@@ -53,7 +53,7 @@ from facepriv.core.budget import Floors
 from facepriv.models.decoys import check_same_ids, choose_decoys, find_bank
 from facepriv.errors import FacePrivError
 from facepriv.strategies.base import FaceItem, WrittenModel
-from facepriv.strategies.floors import fit_budget
+from facepriv.strategies.floors import fit_budget, floors_of, output_qualities
 
 
 class _Identity(torch.nn.Module):
@@ -128,13 +128,12 @@ class EmbedPGDStrategy:
         self.last_decoys: list[int | None] = []  # per face of the last chunk: its decoy's bank index
 
     def _qualities(self, chunk):
-        return [self.s.jpeg_quality if getattr(it.photo.decoded, "format", None) == "JPEG" else None for it in chunk]
+        return output_qualities(self.s, chunk)
 
     def __call__(self, chunk: list[FaceItem]):
         x = geometry.pack([it.pixels for it in chunk]).to(self.device)
         adv, used, sizes, pre = self.craft(chunk, x)
-        floors = Floors(getattr(self.s, "min_psnr", None), getattr(self.s, "min_ssim", None),
-                        getattr(self.s, "min_face_quality", None))
+        floors = floors_of(self.s)
         self.last_scales = [1.0] * len(chunk)
         if floors:
             adv = self._fit_budget(chunk, x, adv, sizes, pre, floors)

@@ -13,6 +13,17 @@ from facepriv.io import imageio
 from facepriv.strategies.base import FaceItem
 
 
+def floors_of(s) -> Floors:
+    """The quality floors the settings ask for (--min-psnr, --min-ssim, --min-face-quality)."""
+    return Floors(getattr(s, "min_psnr", None), getattr(s, "min_ssim", None), getattr(s, "min_face_quality", None))
+
+
+def output_qualities(s, chunk: list[FaceItem]) -> list[int | None]:
+    """Per face, the JPEG quality its photo will be written at (None: not written as JPEG)."""
+    return [s.jpeg_quality if getattr(getattr(it.photo, "decoded", None), "format", None) == "JPEG" else None
+            for it in chunk]
+
+
 def fit_budget(s, chunk: list[FaceItem], x: torch.Tensor, adv: torch.Tensor, sizes, quals, floors: Floors):
     """(adv, scales): each face's perturbation scaled to the largest that keeps its quality region
     of the photo, encoded exactly as the pipeline will write it, within the floors

@@ -42,10 +42,9 @@ import torch.nn.functional as F
 
 from facepriv.core import geometry
 from facepriv.core.align import landmark_transforms, unwarp
-from facepriv.core.budget import Floors
 from facepriv.errors import FacePrivError
 from facepriv.strategies.base import FaceItem
-from facepriv.strategies.floors import fit_budget
+from facepriv.strategies.floors import fit_budget, floors_of, output_qualities
 
 
 def resize_to_box(v: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -150,12 +149,9 @@ class UniversalStrategy:
         return adv, steps
 
     def _floors(self, chunk, x, adv, sizes):
-        s = self.s
-        floors = Floors(getattr(s, "min_psnr", None), getattr(s, "min_ssim", None), getattr(s, "min_face_quality", None))
+        floors = floors_of(self.s)
         self.last_scales = [1.0] * len(chunk)
         if not floors:
             return adv
-        quals = [s.jpeg_quality if getattr(getattr(it.photo, "decoded", None), "format", None) == "JPEG" else None
-                 for it in chunk]
-        adv, self.last_scales = fit_budget(s, chunk, x, adv, sizes, quals, floors)
+        adv, self.last_scales = fit_budget(self.s, chunk, x, adv, sizes, output_qualities(self.s, chunk), floors)
         return adv
