@@ -273,6 +273,29 @@ def test_dlib_judge_matches_same_person_only(lfw_faces):
 
 
 @pytest.mark.skipif(not _have_dlib(), reason="dlib / face-recognition-models not installed")
+def test_torch_dlib_network_gives_dlibs_own_descriptors(lfw_faces):
+    """The judge's descriptors (dlib's ResNet read from its .dat and run by torch) are dlib's:
+    the same chips through `dlib.face_recognition_model_v1` agree to 1e-4."""
+    import dlib
+
+    from facepriv.judges.dlib_judge import RECOGNITION_MODEL, models_dir
+    from facepriv.judges.dlib_net import DlibResNet, read_weights
+
+    judge = get_judge("dlib")
+    chips = [judge.chips(rgb, [face])[0] for items in lfw_faces.values() for rgb, face in items]
+    chips.append(np.zeros_like(chips[0]))  # a black chip too
+    ref = dlib.face_recognition_model_v1(os.path.join(models_dir(), RECOGNITION_MODEL))
+    want = np.array([np.asarray(v) for v in ref.compute_face_descriptor(chips, 0)], np.float32)
+    got = DlibResNet(os.path.join(models_dir(), RECOGNITION_MODEL))(np.stack(chips)).numpy()
+    assert got.shape == (len(chips), 128) and np.abs(want).max() > 0.05
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    rgb, face = next(iter(lfw_faces.values()))[0]
+    np.testing.assert_allclose(judge.embed(rgb, [face])[0], want[0], atol=1e-4)
+    with pytest.raises(ValueError, match="not dlib's face recognition ResNet"):
+        read_weights(os.path.join(models_dir(), "shape_predictor_5_face_landmarks.dat"))
+
+
+@pytest.mark.skipif(not _have_dlib(), reason="dlib / face-recognition-models not installed")
 def test_gallery_from_folder_with_dlib():
     judge = get_judge("dlib")
     g = Gallery.from_folder(FIXTURES, judge, detector=MtcnnDetector(), select=lambda fs: fs[:1])
