@@ -198,3 +198,27 @@ def test_sface_same_photo_identical_and_people_apart(fixture_faces):
     with pytest.raises(ValueError, match="uint8"):
         judge.embed(rgb.astype(np.float32), [face])
     assert get_judge("sface", threshold=0.5).threshold == 0.5
+
+
+@pytest.mark.skipif(not HAVE_SFACE, reason=NO_SFACE)
+def test_torch_runtime_gives_onnxruntimes_embeddings(fixture_faces):
+    """The default runtime (the dequantised graph interpreted by torch) against onnxruntime's
+    session over the same graph: the fixture faces' chips and random inputs agree to 1e-5."""
+    torch_judge, ort_judge = get_judge("sface"), get_judge("sface", runtime="onnxruntime")
+    assert torch_judge.net is not None and ort_judge.session is not None
+    chips = np.concatenate([torch_judge.chips(rgb, [face]) for items in fixture_faces.values() for rgb, face in items])
+    x = np.concatenate([sf.to_input(chips),
+                        np.random.default_rng(0).uniform(0, 255, (3, 3, 112, 112)).astype(np.float32)])
+    a, b = torch_judge._run(x), ort_judge._run(x)
+    assert a.shape == (len(x), 128)
+    np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max())
+    with pytest.raises(UsageError, match="runtime"):
+        get_judge("sface", runtime="tensorflow")
+
+
+@pytest.mark.skipif(not HAVE_ONNX, reason=NO_ONNX)
+def test_torch_runtime_refuses_an_operator_it_does_not_know():
+    from facepriv.judges.sface_net import OnnxNet
+
+    with pytest.raises(ValueError, match=r"\['Add'\] are not supported"):
+        OnnxNet(sf.prepare_model(tiny_model())[0])
