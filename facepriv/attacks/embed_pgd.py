@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from facepriv.core.align import AlignModel, warp
+from facepriv.core.align import AlignModel, warp_packed
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 LOSSES = ("untargeted", "decoy")
@@ -134,9 +134,9 @@ def embed_pgd(models: Sequence[Model], x: torch.Tensor, eps: float = 8.0, steps:
         grad = _gradient(models, xin, xi, clean, dec)
         if quality is not None and t % every == 0:
             qgrad = _quality_gradient(quality, x, xin)
-        with torch.no_grad():
+        with torch.no_grad():  # in place where a tensor is fresh (grad, step): fewer full-size allocations
             if qgrad is not None:
-                grad = grad + qgrad
+                grad = grad.add_(qgrad)
             grad = smooth(grad, ti_sigma)
             if momentum > 0:
                 grad = grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
@@ -145,14 +145,14 @@ def embed_pgd(models: Sequence[Model], x: torch.Tensor, eps: float = 8.0, steps:
                 g = grad
             if face_rms is not None:
                 n = g.flatten(1).norm(dim=1).clamp_min(1e-12)
-                step = xa - (a2 / n)[:, None, None, None] * g
+                step = g.mul(-(a2 / n)[:, None, None, None]).add_(xa)
             else:
                 step = xa - a * g.sign()  # descend: the loss is a similarity to the clean face
-            xa = torch.clamp(step, lo, hi)
+            xa = step.clamp_(lo, hi)
             if face_rms is not None:
-                d = xa - x
+                d = xa.sub_(x)  # xa is rebuilt from d below
                 f = (radius / (d * face_mask).flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
-                xa = x + d * f[:, None, None, None]
+                xa = d.mul_(f[:, None, None, None]).add_(x)
     return xa, torch.full((len(x),), steps, dtype=torch.long, device=x.device)
 
 
@@ -195,8 +195,10 @@ class QualityTerm:
         if self._refs is None or self._refs[0] is not x:  # the original's side, once per attack
             self._refs = (x, [Reference(x[i : i + 1, :, y0:y1, x0:x1].detach(), self.precision)
                               for i, (x0, y0, x1, y1) in enumerate(self.boxes)])
-        scores = [ref.score(xin[i : i + 1, :, y0:y1, x0:x1])
-                  for i, (ref, (x0, y0, x1, y1)) in enumerate(zip(self._refs[1], self.boxes))]
+        # one unbind for the batch (its backward stacks the faces' gradients once; slicing
+        # xin[i : i + 1] per face would build a zero tensor of the whole batch per face)
+        scores = [ref.score(r[None, :, y0:y1, x0:x1])
+                  for r, ref, (x0, y0, x1, y1) in zip(xin.unbind(0), self._refs[1], self.boxes)]
         self.last = torch.cat(scores).detach()
         # only the faces below the target (clamp_min passes the gradient where target - score >= 0):
         # the others add 0 to the term and to its gradient, so their backward is not run at all
@@ -262,8 +264,7 @@ class JitteredAlign(AlignModel):
             return super().align(x)
         if x.shape[0] != len(self.matrices):
             raise ValueError(f"{x.shape[0]} regions but {len(self.matrices)} transforms")
-        return torch.cat([warp(self.region(x, i), self.jitter(m, self.rngs[i]), self.size)
-                          for i, m in enumerate(self.matrices)], 0)
+        return warp_packed(x, [self.jitter(m, rng) for m, rng in zip(self.matrices, self.rngs)], self.size, self.sizes)
 
     def select(self, idx):
         idx = [int(i) for i in idx]

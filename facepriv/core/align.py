@@ -102,6 +102,29 @@ def _inv(m: np.ndarray) -> np.ndarray:
     return np.linalg.inv(a)[:2]
 
 
+def _footprint(m: np.ndarray, size: int, h: int, w: int) -> tuple[np.ndarray, float, tuple[int, int, int, int]]:
+    """(output px -> image px (2,3), source px per output px, the output square's footprint in
+    the image plus a margin, clipped: x0, y0, x1, y1)."""
+    inv = _inv(m)  # output px -> image px
+    corners = np.array([[-0.5, -0.5, 1], [size - 0.5, -0.5, 1], [-0.5, size - 0.5, 1], [size - 0.5, size - 0.5, 1]])
+    src = corners @ inv.T
+    step = 1.0 / math.sqrt(max(abs(np.linalg.det(m[:, :2])), 1e-12))  # source px per output px
+    margin = 2.0 * max(step, 1.0) + 2.0
+    x0 = int(np.clip(math.floor(src[:, 0].min() - margin), 0, w - 1))
+    y0 = int(np.clip(math.floor(src[:, 1].min() - margin), 0, h - 1))
+    x1 = int(np.clip(math.ceil(src[:, 0].max() + margin) + 1, x0 + 1, w))
+    y1 = int(np.clip(math.ceil(src[:, 1].max() + margin) + 1, y0 + 1, h))
+    return inv, step, (x0, y0, x1, y1)
+
+
+def _theta(a: np.ndarray, size: int, ph: int, pw: int) -> np.ndarray:
+    """affine_grid's theta (2,3) for `a` (output px -> source px, 3x3) from a ph x pw source."""
+    # normalised output coords -> output px -> source px -> normalised source coords (align_corners=False)
+    n_out = np.array([[size / 2, 0, (size - 1) / 2], [0, size / 2, (size - 1) / 2], [0, 0, 1.0]])
+    n_in = np.array([[2 / pw, 0, 1 / pw - 1], [0, 2 / ph, 1 / ph - 1], [0, 0, 1.0]])
+    return (n_in @ a @ n_out)[:2]
+
+
 def warp(image: torch.Tensor, m: np.ndarray, size: int, antialias: bool = True) -> torch.Tensor:
     """Sample one aligned face (1,3,size,size) from image (3,H,W) or (1,3,H,W).
 
@@ -112,16 +135,7 @@ def warp(image: torch.Tensor, m: np.ndarray, size: int, antialias: bool = True) 
         image = image.unsqueeze(0)
     _, _, h, w = image.shape
     m = np.asarray(m, dtype=np.float64)
-    inv = _inv(m)  # output px -> image px
-    # footprint of the output square in the image, plus a margin
-    corners = np.array([[-0.5, -0.5, 1], [size - 0.5, -0.5, 1], [-0.5, size - 0.5, 1], [size - 0.5, size - 0.5, 1]])
-    src = corners @ inv.T
-    step = 1.0 / math.sqrt(max(abs(np.linalg.det(m[:, :2])), 1e-12))  # source px per output px
-    margin = 2.0 * max(step, 1.0) + 2.0
-    x0 = int(np.clip(math.floor(src[:, 0].min() - margin), 0, w - 1))
-    y0 = int(np.clip(math.floor(src[:, 1].min() - margin), 0, h - 1))
-    x1 = int(np.clip(math.ceil(src[:, 0].max() + margin) + 1, x0 + 1, w))
-    y1 = int(np.clip(math.ceil(src[:, 1].max() + margin) + 1, y0 + 1, h))
+    inv, step, (x0, y0, x1, y1) = _footprint(m, size, h, w)
     patch = image[:, :, y0:y1, x0:x1]
     # output px -> patch px
     a = np.vstack([inv, [0, 0, 1.0]])
@@ -133,13 +147,47 @@ def warp(image: torch.Tensor, m: np.ndarray, size: int, antialias: bool = True) 
         kx, ky = pw / nw, ph / nh
         a = np.array([[1 / kx, 0, 0.5 / kx - 0.5], [0, 1 / ky, 0.5 / ky - 0.5], [0, 0, 1.0]]) @ a
         ph, pw = nh, nw
-    # normalised output coords -> output px -> patch px -> normalised patch coords (align_corners=False)
-    n_out = np.array([[size / 2, 0, (size - 1) / 2], [0, size / 2, (size - 1) / 2], [0, 0, 1.0]])
-    n_in = np.array([[2 / pw, 0, 1 / pw - 1], [0, 2 / ph, 1 / ph - 1], [0, 0, 1.0]])
-    theta = (n_in @ a @ n_out)[:2]
-    th = torch.as_tensor(theta, dtype=patch.dtype, device=patch.device).unsqueeze(0)
+    th = torch.as_tensor(_theta(a, size, ph, pw), dtype=patch.dtype, device=patch.device).unsqueeze(0)
     grid = F.affine_grid(th, [1, patch.shape[1], size, size], align_corners=False)
     return F.grid_sample(patch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def warp_packed(x: torch.Tensor, ms: Sequence[np.ndarray], size: int,
+                sizes: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
+    """`warp` of each face of a packed batch (B,3,Hmax,Wmax) -> (B,3,size,size): face i from
+    its region x[i, :, :h, :w] (`sizes`; default the whole frame) through `ms[i]`. The same
+    values as a `warp` per face (to float rounding); the faces that need no antialiasing (one
+    output pixel spans at most `AA_THRESHOLD` source pixels) are sampled in one `grid_sample`
+    over the batch, reading zero outside each region as `warp` does, the others through `warp`."""
+    b, c, hm, wm = x.shape
+    if len(ms) != b:
+        raise ValueError(f"{b} regions but {len(ms)} transforms")
+    sizes = [(hm, wm)] * b if sizes is None else [tuple(int(v) for v in hw) for hw in sizes]
+    faces = x.unbind(0)  # one unbind: its backward stacks the faces' gradients once
+    thetas, direct, out = [], [], [None] * b
+    for i, (m, (h, w)) in enumerate(zip(ms, sizes)):
+        m = np.asarray(m, dtype=np.float64)
+        step = 1.0 / math.sqrt(max(abs(np.linalg.det(m[:, :2])), 1e-12))
+        if step > AA_THRESHOLD:
+            out[i] = warp(faces[i][:, :h, :w], m, size)
+        else:
+            direct.append(i)
+            thetas.append(_theta(np.vstack([_inv(m), [0, 0, 1.0]]), size, hm, wm))
+    if direct:
+        src = x if len(direct) == b else torch.stack([faces[i] for i in direct])
+        if any(sizes[i] != (hm, wm) for i in direct):  # read zero outside each region, as warp does
+            mask = torch.zeros((len(direct), 1, hm, wm), dtype=x.dtype, device=x.device)
+            for k, i in enumerate(direct):
+                mask[k, :, : sizes[i][0], : sizes[i][1]] = 1
+            src = src * mask
+        th = torch.as_tensor(np.stack(thetas), dtype=x.dtype, device=x.device)
+        grid = F.affine_grid(th, [len(direct), c, size, size], align_corners=False)
+        sampled = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if len(direct) == b:
+            return sampled
+        for k, i in enumerate(direct):
+            out[i] = sampled[k : k + 1]
+    return torch.cat(out, 0)
 
 
 def align_faces(
@@ -182,17 +230,8 @@ class AlignModel(nn.Module):
         else:
             raise ValueError(f"transforms must be landmarks (B,5,2) or matrices (B,2,3), got {t.shape}")
 
-    def region(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        """Face i's region of the packed x (without the padding when `sizes` are known)."""
-        if self.sizes is None:
-            return x[i]
-        h, w = self.sizes[i]
-        return x[i, :, :h, :w]
-
     def align(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] != len(self.matrices):
-            raise ValueError(f"{x.shape[0]} regions but {len(self.matrices)} transforms")
-        return torch.cat([warp(self.region(x, i), m, self.size) for i, m in enumerate(self.matrices)], 0)
+        return warp_packed(x, self.matrices, self.size, self.sizes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.align(x))

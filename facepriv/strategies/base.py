@@ -42,7 +42,7 @@ class WrittenModel(torch.nn.Module):
         self.inner, self.sizes, self.qualities = inner, list(sizes), list(qualities)
 
     def _written(self, x: torch.Tensor) -> torch.Tensor:
-        u8 = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8)
+        u8 = x.detach().clamp(0, 1).mul_(255).round_().to(torch.uint8)
         jpeg = [i for i, q in enumerate(self.qualities) if q is not None]
         if jpeg:  # one conversion to HWC numpy for the batch; each JPEG region round-tripped in place
             hwc = u8.permute(0, 2, 3, 1).cpu().numpy().copy()
@@ -50,10 +50,11 @@ class WrittenModel(torch.nn.Module):
                 h, w = self.sizes[i]
                 hwc[i, :h, :w] = imageio.jpeg_round_trip(np.ascontiguousarray(hwc[i, :h, :w]), self.qualities[i])
             u8 = torch.from_numpy(hwc).to(x.device).permute(0, 3, 1, 2)
-        return u8.to(x.dtype) / 255
+        return u8.to(x.dtype).div_(255)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x + (self._written(x) - x).detach())
+        # x + (written - x), the difference detached: written pixels forward, the identity backward
+        return self.inner(x + self._written(x).sub_(x.detach()))
 
     @property
     def plain_logits(self):
