@@ -176,7 +176,7 @@ def test_quality_term_runs_no_backward_for_faces_above_the_target():
     (got,) = torch.autograd.grad(q.penalty(x, xin), xin)
     assert torch.equal(got, want) and got[0].abs().sum() > 0 and (got[1:] == 0).all()
     assert torch.equal(q.last, scores.detach())
-    assert QualityTerm(boxes, target=float(scores.min()) - 1).penalty(x, xin) is None  # every face above it
+    assert QualityTerm(boxes, target=float(scores.detach().min()) - 1).penalty(x, xin) is None  # every face above it
 
 
 def test_face_psnr_ball_holds_and_eps_still_caps():
