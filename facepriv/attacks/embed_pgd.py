@@ -262,8 +262,6 @@ class JitteredAlign(AlignModel):
     def align(self, x: torch.Tensor) -> torch.Tensor:
         if self.p <= 0:
             return super().align(x)
-        if x.shape[0] != len(self.matrices):
-            raise ValueError(f"{x.shape[0]} regions but {len(self.matrices)} transforms")
         return warp_packed(x, [self.jitter(m, rng) for m, rng in zip(self.matrices, self.rngs)], self.size, self.sizes)
 
     def select(self, idx):

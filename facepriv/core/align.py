@@ -102,13 +102,18 @@ def _inv(m: np.ndarray) -> np.ndarray:
     return np.linalg.inv(a)[:2]
 
 
+def _step(m: np.ndarray) -> float:
+    """Source pixels per output pixel of `m` (2,3) (image px -> output px)."""
+    return 1.0 / math.sqrt(max(abs(np.linalg.det(m[:, :2])), 1e-12))
+
+
 def _footprint(m: np.ndarray, size: int, h: int, w: int) -> tuple[np.ndarray, float, tuple[int, int, int, int]]:
     """(output px -> image px (2,3), source px per output px, the output square's footprint in
     the image plus a margin, clipped: x0, y0, x1, y1)."""
     inv = _inv(m)  # output px -> image px
     corners = np.array([[-0.5, -0.5, 1], [size - 0.5, -0.5, 1], [-0.5, size - 0.5, 1], [size - 0.5, size - 0.5, 1]])
     src = corners @ inv.T
-    step = 1.0 / math.sqrt(max(abs(np.linalg.det(m[:, :2])), 1e-12))  # source px per output px
+    step = _step(m)
     margin = 2.0 * max(step, 1.0) + 2.0
     x0 = int(np.clip(math.floor(src[:, 0].min() - margin), 0, w - 1))
     y0 = int(np.clip(math.floor(src[:, 1].min() - margin), 0, h - 1))
@@ -167,8 +172,7 @@ def warp_packed(x: torch.Tensor, ms: Sequence[np.ndarray], size: int,
     thetas, direct, out = [], [], [None] * b
     for i, (m, (h, w)) in enumerate(zip(ms, sizes)):
         m = np.asarray(m, dtype=np.float64)
-        step = 1.0 / math.sqrt(max(abs(np.linalg.det(m[:, :2])), 1e-12))
-        if step > AA_THRESHOLD:
+        if _step(m) > AA_THRESHOLD:
             out[i] = warp(faces[i][:, :h, :w], m, size)
         else:
             direct.append(i)
